@@ -1,0 +1,47 @@
+# The README's two commands: `make train` (the main job, CPU default) and `make test` (everything).
+# Each installs what it needs: a .venv with the Python dependencies and rlkd built by maturin.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+CONFIG ?= configs/math.toml
+ARGS   ?=
+
+.PHONY: install build train test test-rust test-python bench clean
+
+$(VENV)/.deps: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "maturin>=1.7,<2"
+	# Install the declared dependencies (and dev extras) without building rlkd twice.
+	$(PY) -c "import tomllib; p=tomllib.load(open('pyproject.toml','rb'))['project']; print('\n'.join(p['dependencies']+p['optional-dependencies']['dev']))" > $(VENV)/requirements.txt
+	$(PY) -m pip install -q -r $(VENV)/requirements.txt
+	touch $@
+
+install: $(VENV)/.deps
+
+# Rebuilds the extension into the venv (incremental: seconds when Rust is unchanged).
+build: install
+	. $(VENV)/bin/activate && maturin develop --release --quiet
+	$(PY) -c "import rlkd._core"
+
+train: build
+	$(VENV)/bin/rlkd-train $(CONFIG) $(ARGS)
+
+test-rust:
+	cargo test --release
+	cargo clippy --all-targets -- -D warnings
+	cargo clippy --features python -- -D warnings
+
+test-python: build
+	$(PY) -m mypy.stubtest rlkd._core
+	$(PY) -m pytest -q
+
+test: test-rust test-python
+
+bench: build
+	cargo bench
+	$(PY) benches/bench_kernels.py
+
+clean:
+	rm -rf $(VENV) target

@@ -1,0 +1,23 @@
+"""rlkd: reinforcement-learning knowledge distillation with a single-token LLM judge.
+
+The public API is re-exported here; `rlkd._core` (the Rust kernels) stays importable.
+"""
+
+from rlkd import _core
+from rlkd._core import (
+    GroupSizeError,
+    InvalidArgumentError,
+    LengthMismatchError,
+    PackingError,
+    RlkdError,
+)
+
+__version__ = _core.__version__
+
+__all__ = [
+    "GroupSizeError",
+    "InvalidArgumentError",
+    "LengthMismatchError",
+    "PackingError",
+    "RlkdError",
+]
