@@ -312,3 +312,10 @@ def test_default_templates_are_valid_and_documented():
     assert sorted(template_fields(cfg.judge.template)) == ["question", "reference", "response"]
     toml = tomllib.loads(config_to_toml(cfg))
     assert toml["judge"]["template"] == cfg.judge.template
+
+
+def test_embedded_names_match_the_weights_registry():
+    weights = pytest.importorskip("rlkd.weights")
+    from rlkd.config import EMBEDDED_MODELS
+
+    assert set(EMBEDDED_MODELS) == set(weights.EMBEDDED)
