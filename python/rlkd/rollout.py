@@ -1,0 +1,532 @@
+"""Rollouts: sample G responses per prompt from the student, with token ids and log-probs.
+
+Two backends with one output type, :class:`Rollouts`:
+
+- :class:`HFRollout` -- transformers ``generate`` (KV cache, left padding, micro-batches); CPU or
+  GPU, always available.
+- :class:`VLLMRollout` -- vLLM's offline ``LLM`` engine for GPUs; ``vllm`` is imported only when
+  this class is constructed (``pip install 'rlkd[vllm]'``).
+
+Log-prob convention (both backends, see :attr:`Rollouts.logprobs`): the log-probability of each
+sampled token under the TEMPERATURE-SCALED model distribution ``log_softmax(logits / T)`` --
+the quantity a training forward pass recomputes. For ``HFRollout`` it excludes top-p truncation
+(it is exactly the sampling distribution when ``top_p == 1``). vLLM reports it through
+``logprobs_mode="processed_logprobs"``, which applies temperature AND top-p (renormalised over the
+nucleus): the backends agree exactly when ``top_p == 1`` and differ by the nucleus mass otherwise.
+Greedy decoding reports ``log_softmax(logits)`` (T = 1).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = [
+    "VLLM_API",
+    "VLLM_WORKER_EXTENSION",
+    "VLLMWorkerExtension",
+    "HFRollout",
+    "Rollouts",
+    "VLLMRollout",
+    "eos_token_ids",
+    "render_prompts",
+]
+
+
+@dataclass
+class Rollouts:
+    """Samples flattened prompt-major: sample ``k`` is draw ``k % n`` of prompt ``k // n``."""
+
+    prompt_ids: list[list[int]]  # one entry per SAMPLE (the prompt repeated n times)
+    response_ids: list[list[int]]  # no padding; ends with the EOS token when one was generated
+    response_text: list[str]  # decoded with special tokens skipped
+    logprobs: list[list[float]]  # log_softmax(logits / T)[token], one per response token
+    finished: list[bool]  # True: ended with an EOS token; False: hit max_new_tokens
+    n: int = 1  # samples per prompt
+
+    def __post_init__(self) -> None:
+        k = len(self.response_ids)
+        for name in ("prompt_ids", "response_text", "logprobs", "finished"):
+            if len(getattr(self, name)) != k:
+                raise ValueError(f"Rollouts.{name} has {len(getattr(self, name))} entries, expected {k}")
+        if self.n < 1 or k % self.n:
+            raise ValueError(f"{k} samples is not a multiple of n={self.n}")
+
+    def __len__(self) -> int:
+        return len(self.response_ids)
+
+    @property
+    def num_prompts(self) -> int:
+        return len(self) // self.n
+
+    @property
+    def response_lengths(self) -> list[int]:
+        return [len(r) for r in self.response_ids]
+
+
+def render_prompts(
+    tokenizer: PreTrainedTokenizerBase,
+    questions: Sequence[str],
+    *,
+    system_prompt: str | None,
+    user_template: str = "{question}",
+) -> list[list[int]]:
+    """Token ids of each question rendered with the tokenizer's chat template, ending with the
+    assistant header (``add_generation_prompt=True``).
+
+    ``user_template`` must contain ``{question}``; it is substituted literally (other braces, such
+    as ``\\boxed{}``, are left alone). ``system_prompt=None`` sends no system message, so templates
+    that insert a default one (Qwen: "You are Qwen, created by Alibaba Cloud...") do so. The text is
+    tokenised without adding special tokens: the template already contains them.
+    """
+    if "{question}" not in user_template:
+        raise ValueError(f"user_template must contain {{question}}: {user_template!r}")
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} has no chat template; "
+            "rlkd renders prompts with the model's chat template"
+        )
+    out: list[list[int]] = []
+    for q in questions:
+        messages = []
+        if system_prompt is not None:
+            messages.append({"role": "system", "content": system_prompt})
+        messages.append({"role": "user", "content": user_template.replace("{question}", q)})
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        out.append(list(tokenizer(text, add_special_tokens=False)["input_ids"]))
+    return out
+
+
+def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """End-of-sequence ids: the generation config's (may be a list) plus the tokenizer's."""
+    ids: list[int] = []
+    gen = getattr(model, "generation_config", None)
+    for cand in (getattr(gen, "eos_token_id", None), getattr(model.config, "eos_token_id", None),
+                 tokenizer.eos_token_id):  # fmt: skip
+        for i in cand if isinstance(cand, (list, tuple)) else [cand]:
+            if i is not None and int(i) not in ids:
+                ids.append(int(i))
+    if not ids:
+        raise ValueError("neither the model nor the tokenizer defines an EOS token")
+    return ids
+
+
+def _cut_at_eos(tokens: list[int], eos: set[int]) -> tuple[list[int], bool]:
+    for i, t in enumerate(tokens):
+        if t in eos:
+            return tokens[: i + 1], True
+    return tokens, False
+
+
+# ----------------------------------------------------------------------------- HF backend
+
+
+class _LogprobRecorder:
+    """The only logits processor given to ``generate``: applies temperature and top-p itself and
+    records ``log_softmax(logits / T)`` of the token sampled at each step.
+
+    At step t it receives the raw logits for step t and the ids so far (whose last column is the
+    token sampled at step t-1), so the log-prob of token t-1 is gathered then from the previous
+    step's saved distribution; the last step's token is gathered in :meth:`finish`. Only one step's
+    [batch, vocab] distribution is kept in memory.
+    """
+
+    def __init__(self, temperature: float, top_p: float, greedy: bool) -> None:
+        from transformers.generation.logits_process import TopPLogitsWarper
+
+        self.temperature = 1.0 if greedy else float(temperature)
+        self.top_p = None if greedy or top_p >= 1.0 else TopPLogitsWarper(top_p=float(top_p))
+        self.prev: torch.Tensor | None = None
+        self.steps: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scaled = scores.float() / self.temperature
+        if self.prev is not None:
+            self.steps.append(self.prev.gather(-1, input_ids[:, -1:]).squeeze(-1))
+        self.prev = torch.log_softmax(scaled, dim=-1)
+        if self.top_p is not None:
+            scaled = self.top_p(input_ids, scaled)
+        return scaled  # type: ignore[return-value]
+
+    def finish(self, sequences: torch.Tensor) -> torch.Tensor:
+        if self.prev is not None:
+            self.steps.append(self.prev.gather(-1, sequences[:, -1:]).squeeze(-1))
+            self.prev = None
+        if not self.steps:
+            return torch.zeros(sequences.shape[0], 0)
+        return torch.stack(self.steps, dim=1).cpu()
+
+
+class HFRollout:
+    """Batched sampling with transformers ``generate``.
+
+    Prompts are repeated ``n`` times, grouped by length (less padding), left-padded and generated
+    ``batch_size`` sequences at a time (``None``: all at once) with the KV cache. The model's own
+    generation defaults (top_k, repetition penalty, ...) are NOT used: sampling is exactly
+    temperature + top-p as given. Results are deterministic for a given torch seed and batch
+    size.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        batch_size: int | None = None,
+    ) -> None:
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0 (use greedy=True for argmax), got {temperature}")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_new_tokens = int(max_new_tokens)
+        self.temperature = float(temperature)
+        self.top_p = float(top_p)
+        self.batch_size = batch_size
+        self.eos_ids = eos_token_ids(model, tokenizer)
+        pad = tokenizer.pad_token_id
+        self.pad_id = int(pad) if pad is not None else self.eos_ids[0]
+
+    def _generation_config(self, greedy: bool) -> Any:
+        from transformers import GenerationConfig
+
+        # Every knob explicit and neutral (transformers fills knobs left at None from the model's
+        # generation_config.json, e.g. Qwen's top_k=20 / repetition_penalty=1.05): the recorder
+        # alone does temperature and top-p.
+        return GenerationConfig(
+            do_sample=not greedy,
+            max_new_tokens=self.max_new_tokens,
+            min_new_tokens=0,
+            min_length=0,
+            temperature=1.0,
+            top_p=1.0,
+            top_k=None if greedy else 0,
+            typical_p=1.0,
+            epsilon_cutoff=0.0,
+            eta_cutoff=0.0,
+            repetition_penalty=1.0,
+            encoder_repetition_penalty=1.0,
+            no_repeat_ngram_size=0,
+            renormalize_logits=False,
+            num_beams=1,
+            num_return_sequences=1,
+            eos_token_id=self.eos_ids,
+            pad_token_id=self.pad_id,
+            bos_token_id=getattr(self.model.generation_config, "bos_token_id", None),
+            use_cache=True,
+            return_dict_in_generate=True,
+            output_scores=False,
+            output_logits=False,
+        )
+
+    @torch.no_grad()
+    def _generate_batch(self, prompts: list[list[int]], greedy: bool) -> tuple[list[list[int]], list[list[float]]]:
+        from transformers import LogitsProcessorList
+
+        device = next(self.model.parameters()).device
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            if p:
+                ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+                mask[i, width - len(p):] = 1
+        recorder = _LogprobRecorder(self.temperature, self.top_p, greedy)
+        out = self.model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            generation_config=self._generation_config(greedy),
+            logits_processor=LogitsProcessorList([recorder]),
+        )
+        seqs = out.sequences if hasattr(out, "sequences") else out
+        new = seqs[:, width:].cpu()
+        lp = recorder.finish(seqs)
+        if lp.shape[1] != new.shape[1]:
+            raise RuntimeError(f"recorded {lp.shape[1]} log-prob steps for {new.shape[1]} tokens")
+        return new.tolist(), lp.tolist()
+
+    def generate(
+        self, prompt_ids: Sequence[Sequence[int]], n: int, *, greedy: bool = False, progress: bool = False
+    ) -> Rollouts:
+        """``n`` samples for each prompt (token ids, e.g. from :func:`render_prompts`)."""
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        prompts = [list(map(int, p)) for p in prompt_ids]
+        if any(len(p) == 0 for p in prompts):
+            raise ValueError("empty prompt (no token ids)")
+        flat = [p for p in prompts for _ in range(n)]
+        total = len(flat)
+        if total == 0:
+            return Rollouts([], [], [], [], [], n=n)
+        # Longest first, stable: similar lengths share a batch and padding stays small.
+        order = sorted(range(total), key=lambda k: -len(flat[k]))
+        bs = self.batch_size or total
+        eos = set(self.eos_ids)
+        responses: list[list[int]] = [[] for _ in range(total)]
+        logprobs: list[list[float]] = [[] for _ in range(total)]
+        finished = [False] * total
+        was_training = self.model.training
+        self.model.eval()
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc="rollout", unit="seq", disable=not progress, leave=False)
+        try:
+            for start in range(0, total, bs):
+                idx = order[start:start + bs]
+                toks, lps = self._generate_batch([flat[k] for k in idx], greedy)
+                for k, t, lp in zip(idx, toks, lps):
+                    cut, fin = _cut_at_eos(t, eos)
+                    responses[k] = cut
+                    logprobs[k] = lp[: len(cut)]
+                    finished[k] = fin
+                bar.update(len(idx))
+        finally:
+            bar.close()
+            self.model.train(was_training)
+        texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
+        return Rollouts(flat, responses, list(texts), logprobs, finished, n=n)
+
+
+# ----------------------------------------------------------------------------- vLLM backend
+
+#: Every vLLM name rlkd uses, with the parameters it passes: ``tests/test_vllm_api.py`` checks each
+#: against the installed vllm's real signatures. Keys: "module:attr" or "module:Class.method"
+#: ("a|b": either location); values: the keyword parameters rlkd passes (a positional one as
+#: "<pos>NAME"), or for output classes the fields rlkd reads. The worker-side attribute
+#: ``Worker.model_runner.model.load_weights`` is checked by name only where vLLM exposes it
+#: (``vllm.v1.worker.gpu_worker:Worker``); it cannot be checked without a GPU engine.
+VLLM_API: dict[str, tuple[str, ...]] = {
+    "vllm:LLM": (
+        "model", "tokenizer", "dtype", "gpu_memory_utilization", "enable_sleep_mode", "seed",
+        "max_model_len", "trust_remote_code",
+    ),
+    # Passed through LLM(**kwargs) into EngineArgs.
+    "vllm:EngineArgs": ("logprobs_mode", "worker_extension_cls"),
+    "vllm:LLM.generate": ("<pos>prompts", "sampling_params", "use_tqdm"),
+    "vllm:LLM.collective_rpc": ("<pos>method", "args"),
+    "vllm:LLM.reset_prefix_cache": (),
+    "vllm:LLM.sleep": ("level",),
+    "vllm:LLM.wake_up": (),
+    "vllm:LLM.get_tokenizer": (),
+    "vllm:SamplingParams": ("n", "temperature", "top_p", "top_k", "max_tokens", "logprobs"),
+    "vllm.inputs:TokensPrompt": ("prompt_token_ids",),
+    # Output fields read: RequestOutput.outputs[i].{token_ids, text, logprobs, finish_reason}
+    # (CompletionOutput); each logprobs entry maps token id -> Logprob(.logprob).
+    "vllm.outputs:CompletionOutput": ("token_ids", "text", "logprobs", "finish_reason"),
+    "vllm.outputs:RequestOutput": ("outputs",),
+    # Logprob moved from vllm.sequence to vllm.logprobs; either location satisfies the check.
+    "vllm.logprobs:Logprob|vllm.sequence:Logprob": ("logprob",),
+}
+
+#: Passed to ``LLM(worker_extension_cls=...)``: vLLM mixes this class into its GPU worker, and
+#: :meth:`VLLMRollout.sync_weights` calls its method through ``LLM.collective_rpc``.
+VLLM_WORKER_EXTENSION = "rlkd.rollout.VLLMWorkerExtension"
+
+
+class VLLMWorkerExtension:
+    """Mixed into vLLM's worker (``worker_extension_cls``): receives weights and loads them.
+
+    ``self.model_runner.model.load_weights`` is the weight-loading path that vLLM's own RLHF
+    examples use; it accepts HF parameter names and handles vLLM's fused layouts (qkv, gate_up).
+    """
+
+    def rlkd_load_weights(self, weights: list[tuple[str, torch.Tensor]]) -> int:
+        model = self.model_runner.model  # type: ignore[attr-defined]
+        model.load_weights(weights=weights)
+        return len(weights)
+
+
+class VLLMRollout:
+    """Sampling with vLLM's offline engine (GPUs). Same :class:`Rollouts` as :class:`HFRollout`.
+
+    ``sync_weights`` pushes the policy's weights after each update (in buckets of about
+    ``sync_bucket_bytes``, through ``LLM.collective_rpc`` into the worker extension above), then
+    resets the prefix cache, whose KV entries were computed with the old weights. For colocation
+    with the trainer on one GPU: ``gpu_memory_utilization`` caps vLLM's share, and with
+    ``enable_sleep_mode`` :meth:`sleep` frees the KV cache (level 1 also offloads the weights to
+    CPU) during the update and :meth:`wake_up` restores it.
+    """
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        dtype: str = "auto",
+        gpu_memory_utilization: float = 0.5,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        enable_sleep_mode: bool = False,
+        seed: int = 0,
+        max_model_len: int | None = None,
+        trust_remote_code: bool = False,
+        sync_bucket_bytes: int = 512 << 20,
+    ) -> None:
+        try:
+            import vllm
+        except ImportError as e:
+            raise ImportError(
+                "the vllm rollout backend needs vLLM: pip install 'rlkd[vllm]' (on a CUDA machine; "
+                "vLLM pins its own torch version)"
+            ) from e
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0 (use greedy=True for argmax), got {temperature}")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        self._vllm = vllm
+        self.max_new_tokens = int(max_new_tokens)
+        self.temperature = float(temperature)
+        self.top_p = float(top_p)
+        self.seed = seed
+        self.enable_sleep_mode = enable_sleep_mode
+        self.sync_bucket_bytes = int(sync_bucket_bytes)
+        self._sleeping = False
+        self.llm = vllm.LLM(
+            model=model_path,
+            tokenizer=model_path,
+            dtype=dtype,
+            gpu_memory_utilization=gpu_memory_utilization,
+            enable_sleep_mode=enable_sleep_mode,
+            seed=seed,
+            max_model_len=max_model_len,
+            trust_remote_code=trust_remote_code,
+            logprobs_mode="processed_logprobs",
+            worker_extension_cls=VLLM_WORKER_EXTENSION,
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def _sampling_params(self, n: int, greedy: bool) -> Any:
+        return self._vllm.SamplingParams(
+            n=n,
+            temperature=0.0 if greedy else self.temperature,
+            top_p=1.0 if greedy else self.top_p,
+            top_k=-1,  # disabled ("0 or -1" in current vLLM, only -1 in older releases)
+            max_tokens=self.max_new_tokens,
+            logprobs=0,  # only the sampled token's log-prob
+        )
+
+    def generate(
+        self, prompt_ids: Sequence[Sequence[int]], n: int, *, greedy: bool = False, progress: bool = False
+    ) -> Rollouts:
+        from vllm.inputs import TokensPrompt
+
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        if self._sleeping:
+            raise RuntimeError("VLLMRollout.generate called while asleep; call wake_up() first")
+        prompts = [list(map(int, p)) for p in prompt_ids]
+        outputs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=p) for p in prompts],
+            sampling_params=self._sampling_params(n, greedy),
+            use_tqdm=progress,
+        )
+        flat_prompts: list[list[int]] = []
+        responses: list[list[int]] = []
+        texts: list[str] = []
+        logprobs: list[list[float]] = []
+        finished: list[bool] = []
+        for p, req in zip(prompts, outputs):
+            if len(req.outputs) != n:
+                raise RuntimeError(f"vLLM returned {len(req.outputs)} completions, expected n={n}")
+            for comp in req.outputs:
+                toks = list(comp.token_ids)
+                flat_prompts.append(p)
+                responses.append(toks)
+                texts.append(comp.text)
+                lps = comp.logprobs or []
+                logprobs.append([
+                    float(step[t].logprob) if step is not None and t in step else math.nan
+                    for t, step in zip(toks, lps)
+                ])  # fmt: skip
+                # "stop": an EOS / stop token ended it; "length": max_tokens.
+                finished.append(comp.finish_reason == "stop")
+        return Rollouts(flat_prompts, responses, texts, logprobs, finished, n=n)
+
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        """Copy the policy's current weights into the vLLM engine.
+
+        A peft model is merged on the fly (``merge_and_unload`` on a copy is avoided: the merged
+        weights are computed per tensor from the adapter state). Names are the HF ones
+        (``model.layers.0.self_attn.q_proj.weight``); vLLM's ``load_weights`` maps them.
+        """
+        if self._sleeping:
+            raise RuntimeError("sync_weights called while asleep; call wake_up() first")
+        bucket: list[tuple[str, torch.Tensor]] = []
+        size = 0
+        for name, tensor in _hf_state_items(model):
+            t = tensor.detach().to("cpu", copy=False).contiguous()
+            bucket.append((name, t))
+            size += t.numel() * t.element_size()
+            if size >= self.sync_bucket_bytes:
+                self.llm.collective_rpc("rlkd_load_weights", args=(bucket,))
+                bucket, size = [], 0
+        if bucket:
+            self.llm.collective_rpc("rlkd_load_weights", args=(bucket,))
+        self.llm.reset_prefix_cache()
+
+    def sleep(self, level: int = 1) -> None:
+        """Free GPU memory for the update (needs ``enable_sleep_mode=True``). Level 1 offloads the
+        weights to CPU and drops the KV cache; level 2 drops the weights too (sync before use)."""
+        if not self.enable_sleep_mode:
+            raise RuntimeError("VLLMRollout.sleep needs enable_sleep_mode=True")
+        self.llm.sleep(level=level)
+        self._sleeping = True
+
+    def wake_up(self) -> None:
+        if self._sleeping:
+            self.llm.wake_up()
+            self._sleeping = False
+
+
+def _hf_state_items(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """(name, tensor) pairs in plain HF naming: peft LoRA weights merged, value heads dropped."""
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover - peft is optional
+        PeftModel = ()  # type: ignore[assignment,misc]
+    if isinstance(model, PeftModel):  # type: ignore[arg-type]
+        return _merged_lora_state(model)
+    state = model.state_dict()
+    return [(k, v) for k, v in state.items() if not k.startswith(("v_head.", "value_head."))]
+
+
+def _merged_lora_state(model: Any) -> list[tuple[str, torch.Tensor]]:
+    """The base model's state with each LoRA delta (B @ A * scaling) added, in HF names."""
+    base = model.get_base_model()
+    items: list[tuple[str, torch.Tensor]] = []
+    lora_layers = {}
+    for name, module in base.named_modules():
+        if hasattr(module, "lora_A") and hasattr(module, "base_layer"):
+            lora_layers[name] = module
+    for name, tensor in base.state_dict().items():
+        if ".lora_" in name:
+            continue
+        clean = name.replace(".base_layer.", ".")
+        owner = name.rsplit(".", 1)[0].replace(".base_layer", "")
+        if name.endswith(".base_layer.weight") and owner in lora_layers:
+            layer = lora_layers[owner]
+            w = tensor.detach().clone()
+            for adapter in layer.active_adapters:
+                if adapter in layer.lora_A:
+                    w += layer.get_delta_weight(adapter).to(w.dtype)
+            tensor = w
+        items.append((clean, tensor))
+    return [(k, v) for k, v in items if not k.startswith(("v_head.", "value_head."))]
+

@@ -1,0 +1,153 @@
+"""Model specs, dtypes, threads, loading, tiny models, LoRA."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlkd import models
+from rlkd.models import (
+    ModelSpecError,
+    apply_lora,
+    load_causal_lm,
+    load_sequence_classifier,
+    resolve_dtype,
+    resolve_model,
+    set_torch_threads,
+    tiny_random_causal_lm,
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("float32", torch.float32), ("fp32", torch.float32), ("bfloat16", torch.bfloat16),
+        ("bf16", torch.bfloat16), ("float16", torch.float16), ("fp16", torch.float16),
+        ("torch.bfloat16", torch.bfloat16), ("BF16", torch.bfloat16),
+    ],
+)  # fmt: skip
+def test_explicit_dtypes(name: str, expected: torch.dtype) -> None:
+    assert resolve_dtype(name, "cpu") == expected
+
+
+def test_auto_dtype_cpu_follows_bf16_support(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RLKD_CPU_BF16", "1")
+    assert resolve_dtype("auto", "cpu") == torch.bfloat16
+    monkeypatch.setenv("RLKD_CPU_BF16", "0")
+    assert resolve_dtype("auto", "cpu") == torch.float32
+    monkeypatch.delenv("RLKD_CPU_BF16")
+    flags = models._cpuinfo_flags()
+    if {"avx512_bf16", "amx_bf16"} & flags:
+        assert resolve_dtype("auto", "cpu") == torch.bfloat16
+    elif flags and "avx512_bf16" not in flags and "bf16" not in flags:
+        assert resolve_dtype("auto", "cpu") == torch.float32
+
+
+def test_auto_dtype_cuda_is_bf16_without_touching_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_dtype("auto", "cuda") == torch.bfloat16
+    assert resolve_dtype("auto", "cuda:1") == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_dtype("auto", "cuda") == torch.float16
+
+
+def test_bad_dtype() -> None:
+    with pytest.raises(ValueError, match="unknown dtype 'int8'"):
+        resolve_dtype("int8", "cpu")
+
+
+def test_set_torch_threads() -> None:
+    before = torch.get_num_threads()
+    try:
+        set_torch_threads(1)
+        assert torch.get_num_threads() == 1
+        set_torch_threads(None)
+        assert torch.get_num_threads() == 1
+        for bad in (0, -2, 1.5, True):
+            with pytest.raises(ValueError):
+                set_torch_threads(bad)  # type: ignore[arg-type]
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_resolve_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ModelSpecError, match="unknown embedded model 'gpt5'"):
+        resolve_model("embedded:gpt5")
+    with pytest.raises(ModelSpecError, match="does not exist"):
+        resolve_model(str(tmp_path / "missing"))
+    with pytest.raises(ModelSpecError, match="does not exist"):
+        resolve_model("./no/such/model")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelSpecError, match="no config.json"):
+        resolve_model(str(tmp_path / "empty"))
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    with pytest.raises(ModelSpecError, match="is a file"):
+        resolve_model(str(tmp_path / "m.gguf"))
+    with pytest.raises(ModelSpecError, match="non-empty"):
+        resolve_model("  ")
+    # A hub id while offline and not cached: a clear error that says what to do.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    with pytest.raises(ModelSpecError, match="HF_HUB_OFFLINE.*embedded:"):
+        resolve_model("SomeOrg/some-model-that-is-not-cached")
+
+
+def test_resolve_local_and_embedded(tiny_model_path: Path, smollm2_path: Path) -> None:
+    assert resolve_model(str(tiny_model_path)) == str(tiny_model_path)
+    # embedded:NAME resolves through the cache (the fixture already converted it)
+    assert Path(resolve_model("embedded:smollm2-135m-instruct", progress=False)) == smollm2_path
+
+
+def test_load_causal_lm(tiny_model_path: Path) -> None:
+    model, tok = load_causal_lm(str(tiny_model_path), dtype="float32")
+    assert not model.training
+    assert model.dtype == torch.float32
+    assert tok.pad_token_id is not None and tok.padding_side == "left"
+    assert tok.chat_template
+
+
+def test_pad_token_defaults_to_eos(tiny_model_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    tok.pad_token = None
+    assert tok.pad_token_id is None
+    tok = models._prepare_tokenizer(tok)
+    assert tok.pad_token_id == tok.eos_token_id
+
+
+def test_tiny_random_qwen2(tmp_path: Path, smollm2_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    path = tiny_random_causal_lm(tmp_path / "q", smollm2_path, arch="qwen2", seed=3)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    assert model.config.model_type == "qwen2" and model.config.num_hidden_layers == 2
+    again = tiny_random_causal_lm(tmp_path / "q2", smollm2_path, arch="qwen2", seed=3)
+    other = AutoModelForCausalLM.from_pretrained(again)
+    for (n1, p1), (_, p2) in zip(model.named_parameters(), other.named_parameters()):
+        assert torch.equal(p1, p2), n1  # same seed, same weights
+    with pytest.raises(ValueError, match="arch"):
+        tiny_random_causal_lm(tmp_path / "x", smollm2_path, arch="gpt2")
+
+
+def test_sequence_classifier(tiny_model_path: Path) -> None:
+    model, tok = load_sequence_classifier(str(tiny_model_path), dtype="float32")
+    assert model.config.pad_token_id == tok.pad_token_id
+    batch = tok(["short", "a somewhat longer text"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        logits = model(**batch).logits
+    assert logits.shape[0] == 2 and torch.isfinite(logits).all()
+
+
+def test_apply_lora(tiny_model_path: Path) -> None:
+    pytest.importorskip("peft")
+    model, _ = load_causal_lm(str(tiny_model_path), dtype="float32")
+    peft_model = apply_lora(model, rank=4, alpha=8.0, target_modules=["q_proj", "v_proj"])
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    model2, _ = load_causal_lm(str(tiny_model_path), dtype="float32")
+    with pytest.raises(ValueError, match="not found.*q_proj"):
+        apply_lora(model2, rank=4, alpha=8.0, target_modules=["query_key_value"])
