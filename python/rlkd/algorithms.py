@@ -711,6 +711,7 @@ def update_policy(
     value_head: ValueHead | None = None,
     value_coef: float = 0.1,
     value_clip: float = 0.2,
+    on_policy: bool = False,
 ) -> dict[str, float]:
     """One training step: ``epochs`` passes over ``micro_batches``, an optimizer step after every
     ``micro_batches_per_step`` micro-batches (default: all of them = one step per epoch) with
@@ -721,7 +722,9 @@ def update_policy(
     The KL term exists only when ``kl_coef > 0``: reference log-probs come from
     ``batch.ref_logprobs`` when set, else from ``ref_model`` (never run otherwise). The value
     term exists only with ``value_head`` (whose parameters belong in ``optimizer``); batches
-    then need ``returns`` and ``old_values``. ``scheduler`` (if given) is stepped once at the
+    then need ``returns`` and ``old_values``. ``on_policy=True`` takes the old log-probs as the
+    current ones, detached (ratio 1, the plain policy gradient): exact when the policy has not
+    moved since sampling (one epoch, one optimizer step), and it saves a forward pass. ``scheduler`` (if given) is stepped once at the
     end: it counts training steps, not optimizer steps.
 
     Returns means over micro-batches (token-weighted for per-token stats): loss, pg_loss,
@@ -731,6 +734,8 @@ def update_policy(
     """
     if not micro_batches:
         raise ValueError("no micro-batches")
+    if on_policy and (epochs != 1 or (micro_batches_per_step or len(micro_batches)) < len(micro_batches)):
+        raise ValueError("on_policy needs one epoch and one optimizer step (the policy must not move before the loss)")
     if kl_coef > 0 and ref_model is None and any(mb.ref_logprobs is None for mb in micro_batches):
         raise ValueError("kl_coef > 0 needs ref_model or precomputed batch.ref_logprobs")
     if value_head is not None and any(mb.returns is None or mb.old_values is None for mb in micro_batches):
@@ -761,7 +766,8 @@ def update_policy(
                     model, mb.input_ids, mb.attention_mask, temperature=temperature,
                     return_entropy=True, return_hidden=value_head is not None,
                 )  # fmt: skip
-                loss, st = policy_loss(logp, mb.old_logprobs, mb.advantages, mask, clip_eps=clip_eps, aggregation=aggregation, denominator=denom)
+                old = logp.detach() if on_policy else mb.old_logprobs
+                loss, st = policy_loss(logp, old, mb.advantages, mask, clip_eps=clip_eps, aggregation=aggregation, denominator=denom)
                 n_tok = float(mask.sum())
                 add("pg_loss", float(loss.detach()))
                 for k in ("clip_frac", "approx_kl", "ratio_mean"):

@@ -267,7 +267,8 @@ class OptimSection:
     schedule: str = _opt("constant", "after warm-up: `constant`, `linear` or `cosine` decay to 0 at train.steps",
                          choices=("constant", "linear", "cosine"))
     grad_clip: float = _opt(1.0, "max global gradient norm; 0 = no clipping", ge=0)
-    grad_accum_steps: int = _opt(1, "micro-batches accumulated per optimizer step", ge=1)
+    grad_accum_steps: int = _opt(0, "micro-batches accumulated per optimizer step; 0 = all of a step's micro-batches "
+                                 "(one optimizer step per rollout batch: on-policy, no extra forward for old log-probs)", ge=0)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,270 @@
+"""The single-token LLM judge: one forward pass, reward = P(Yes) / (P(Yes) + P(No)).
+
+How a score is computed (shapes: n samples, rows packed into batches of [rows, width]):
+
+1. The judge prompt is the judge model's chat template applied to a user message rendered from
+   `template` (placeholders `{question}`, `{response}`, optional `{reference}`), with the
+   generation prompt (the assistant header) appended. We render it once with sentinels and split
+   it into constant text pieces around the per-sample fields, tokenize pieces and fields
+   separately, and let `rlkd._core.pack_judge_prompts` assemble length-sorted, left-padded
+   batches under a token budget (overlong responses keep their END, where the answer is).
+2. One forward pass of the decoder; only the last position's hidden state is kept, and the
+   output layer is applied in float32 (bf16 logits tie on Yes/No).
+3. P(Yes) sums the probability of every distinct first token of the word's spellings that can
+   follow the prompt ("Yes", "yes", "YES"; with a leading space only if the prompt does not end
+   in whitespace — after a chat assistant header Qwen puts ~0.95 of the mass on "Yes"/"No").
+4. If P(Yes) + P(No) < `abstain_threshold` the judge ABSTAINED: the reward is NaN (the sample is
+   left out of its group's advantage) and the abstention is counted — never a silent 0.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from rlkd import _core
+from rlkd._core import RlkdError
+
+_SENTINELS = {
+    "question": "\u27e6RLKD-QUESTION\u27e7",
+    "response": "\u27e6RLKD-RESPONSE\u27e7",
+    "reference": "\u27e6RLKD-REFERENCE\u27e7",
+}
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+
+class JudgeError(RlkdError):
+    """The judge cannot be set up with this model, tokenizer or template."""
+
+
+@dataclass(frozen=True)
+class JudgeScores:
+    """Per-sample judge outputs, float32 arrays of shape [n] in input order."""
+
+    reward: np.ndarray  # P(Yes)/(P(Yes)+P(No)); NaN where the judge abstained
+    p_yes: np.ndarray
+    p_no: np.ndarray
+    abstained: np.ndarray  # bool
+    num_truncated: int  # prompts whose truncated field lost tokens to max_len
+
+    @property
+    def abstain_rate(self) -> float:
+        return float(self.abstained.mean()) if len(self.abstained) else 0.0
+
+
+@dataclass(frozen=True)
+class JudgePrompt:
+    """The judge prompt split around its fields: text pieces and the field order between them."""
+
+    pieces: list[str]  # len(fields) + 1 constant texts
+    fields: list[str]  # e.g. ["question", "reference", "response"]
+
+    def render(self, **values: str) -> str:
+        parts = [self.pieces[0]]
+        for field, piece in zip(self.fields, self.pieces[1:]):
+            parts += [values[field], piece]
+        return "".join(parts)
+
+
+def split_judge_prompt(tokenizer, template: str, system_prompt: str | None) -> JudgePrompt:
+    """Renders `template` through the tokenizer's chat template and splits it at the fields."""
+    fields_in_template = _PLACEHOLDER.findall(template)
+    for name in fields_in_template:
+        if name not in _SENTINELS:
+            raise JudgeError(f"judge template: unknown placeholder {{{name}}}; allowed: question, response, reference")
+    for required in ("question", "response"):
+        if required not in fields_in_template:
+            raise JudgeError(f"judge template: missing the {{{required}}} placeholder")
+    user = template.format(**{k: v for k, v in _SENTINELS.items() if k in fields_in_template})
+    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+        {"role": "user", "content": user}
+    ]
+    if getattr(tokenizer, "chat_template", None):
+        # enable_thinking=False: Qwen3-style templates would otherwise open a <think> block, and
+        # the next token would not be the verdict. Templates without the flag ignore it.
+        rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, enable_thinking=False)
+    else:  # base models: the template text is the whole prompt
+        rendered = (system_prompt + "\n\n" if system_prompt else "") + user
+    order = sorted(
+        (rendered.find(_SENTINELS[name]), name) for name in set(fields_in_template)
+    )
+    pieces, fields, cursor = [], [], 0
+    for position, name in order:
+        if position < 0 or rendered.count(_SENTINELS[name]) != 1:
+            raise JudgeError(f"judge template: the chat template did not keep {{{name}}} exactly once")
+        pieces.append(rendered[cursor:position])
+        fields.append(name)
+        cursor = position + len(_SENTINELS[name])
+    pieces.append(rendered[cursor:])
+    return JudgePrompt(pieces=pieces, fields=fields)
+
+
+def answer_token_ids(tokenizer, word: str, *, after_whitespace: bool) -> list[int]:
+    """Distinct first token ids of the spellings of `word` that can follow the prompt."""
+    spellings = {word, word.lower(), word.upper(), word.capitalize()}
+    if not after_whitespace:
+        spellings |= {" " + s for s in spellings}
+    ids = set()
+    for spelling in spellings:
+        tokens = tokenizer.encode(spelling, add_special_tokens=False)
+        if tokens:
+            ids.add(tokens[0])
+    return sorted(ids)
+
+
+class SingleTokenJudge:
+    """Scores (question, response[, reference]) triples with one forward pass of a causal LM."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        template: str,
+        system_prompt: str | None = None,
+        yes_words: Sequence[str] = ("Yes",),
+        no_words: Sequence[str] = ("No",),
+        abstain_threshold: float = 0.5,
+        max_len: int = 2048,
+        max_tokens_per_batch: int = 8192,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.prompt = split_judge_prompt(tokenizer, template, system_prompt)
+        self.abstain_threshold = abstain_threshold
+        self.max_len = max_len
+        self.max_tokens_per_batch = max_tokens_per_batch
+        after_ws = self.prompt.pieces[-1][-1:].isspace()
+        self.yes_ids = sorted({i for w in yes_words for i in answer_token_ids(tokenizer, w, after_whitespace=after_ws)})
+        self.no_ids = sorted({i for w in no_words for i in answer_token_ids(tokenizer, w, after_whitespace=after_ws)})
+        if set(self.yes_ids) & set(self.no_ids):
+            raise JudgeError(
+                f"judge: yes_words {list(yes_words)} and no_words {list(no_words)} share first tokens "
+                f"{sorted(set(self.yes_ids) & set(self.no_ids))} in this tokenizer"
+            )
+        self._piece_ids = [self._encode(p) for p in self.prompt.pieces]
+        self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self._response_field = self.prompt.fields.index("response")
+
+    @property
+    def needs_reference(self) -> bool:
+        return "reference" in self.prompt.fields
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def render(self, question: str, response: str, reference: str | None = None) -> str:
+        """The exact text the judge reads for one sample (for logs and tests)."""
+        return self.prompt.render(question=question, response=response, reference=reference or "")
+
+    @torch.no_grad()
+    def score(
+        self,
+        questions: Sequence[str],
+        responses: Sequence[str],
+        references: Sequence[str] | None = None,
+        *,
+        progress: bool = False,
+    ) -> JudgeScores:
+        n = len(responses)
+        if len(questions) != n:
+            raise JudgeError(f"judge.score: {len(questions)} questions but {n} responses")
+        if self.needs_reference and (references is None or len(references) != n):
+            raise JudgeError("judge.score: this template needs one reference per response")
+        values = {"question": questions, "response": responses, "reference": references or [""] * n}
+        field_ids = [[self._encode(text) for text in values[name]] for name in self.prompt.fields]
+        batches = _core.pack_judge_prompts(
+            self._piece_ids,
+            field_ids,
+            max_tokens_per_batch=self.max_tokens_per_batch,
+            max_len=self.max_len,
+            pad_id=self._pad_id,
+            padding_side="left",
+            truncate_field=self._response_field,
+            truncation="keep_end",
+        )
+        p_yes = np.zeros(n, dtype=np.float32)
+        p_no = np.zeros(n, dtype=np.float32)
+        iterator = batches
+        if progress:
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(batches, desc="judge", unit="batch", leave=False)
+        for batch in iterator:
+            probs = self._last_token_probs(batch.input_ids, batch.attention_mask, batch.last_index)
+            rows = np.asarray(batch.sample_index)
+            p_yes[rows] = probs[:, self.yes_ids].sum(dim=-1).numpy()
+            p_no[rows] = probs[:, self.no_ids].sum(dim=-1).numpy()
+        mass = p_yes + p_no
+        abstained = mass < self.abstain_threshold
+        with np.errstate(invalid="ignore", divide="ignore"):
+            reward = np.where(abstained, np.nan, p_yes / np.maximum(mass, 1e-30)).astype(np.float32)
+        truncated = int(sum(getattr(b, "num_truncated", 0) for b in batches))
+        return JudgeScores(reward=reward, p_yes=p_yes, p_no=p_no, abstained=abstained, num_truncated=truncated)
+
+    def _last_token_probs(self, input_ids, attention_mask, last_index) -> torch.Tensor:
+        """Next-token distribution after each row's last real token: [rows, vocab] float32."""
+        device = next(self.model.parameters()).device
+        ids = torch.as_tensor(np.asarray(input_ids), device=device)
+        mask = torch.as_tensor(np.asarray(attention_mask), device=device)
+        # Left padding: positions must count real tokens only, or padded rows see shifted RoPE.
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        hidden = self.model.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=position_ids).last_hidden_state
+        rows = torch.arange(ids.shape[0], device=device)
+        last = hidden[rows, torch.as_tensor(np.asarray(last_index), device=device)]
+        head = self.model.get_output_embeddings()
+        logits = last.float() @ head.weight.float().T
+        if getattr(head, "bias", None) is not None:
+            logits = logits + head.bias.float()
+        return torch.softmax(logits, dim=-1).cpu()
+
+
+class TeacherReferences:
+    """Reference answers for the reference-guided judge on unlabeled questions, label-free.
+
+    The judge model itself solves each question once (greedy), and its extracted final answer
+    (or, when it gives none, the end of its solution) becomes the reference. Answers are cached
+    on disk as jsonl keyed by the question's sha256, so reruns and resumes never pay twice.
+    """
+
+    def __init__(self, rollout, tokenizer, cache_path, *, system_prompt: str | None, user_template: str) -> None:
+        import json
+        from pathlib import Path
+
+        self.rollout, self.tokenizer = rollout, tokenizer
+        self.system_prompt, self.user_template = system_prompt, user_template
+        self.cache_path = Path(cache_path)
+        self._cache: dict[str, str] = {}
+        if self.cache_path.exists():
+            for line in self.cache_path.read_text().splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    self._cache[row["key"]] = row["reference"]
+
+    @staticmethod
+    def _key(question: str) -> str:
+        import hashlib
+
+        return hashlib.sha256(question.encode("utf-8")).hexdigest()
+
+    def get(self, questions: Sequence[str], *, progress: bool = False) -> list[str]:
+        import json
+
+        from rlkd.rollout import render_prompts
+
+        missing = sorted({q for q in questions if self._key(q) not in self._cache})
+        if missing:
+            prompt_ids = render_prompts(self.tokenizer, missing, system_prompt=self.system_prompt, user_template=self.user_template)
+            out = self.rollout.generate(prompt_ids, 1, greedy=True, progress=progress)
+            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+            with self.cache_path.open("a") as f:
+                for question, solution in zip(missing, out.response_text):
+                    answer = _core.extract_answer(solution)
+                    reference = answer if answer is not None else solution.strip()[-300:]
+                    self._cache[self._key(question)] = reference
+                    f.write(json.dumps({"key": self._key(question), "question": question, "reference": reference, "solution": solution}) + "\n")
+        return [self._cache[self._key(q)] for q in questions]

@@ -1,0 +1,102 @@
+"""The single-token judge on a real tokenizer and chat template (SmolLM2's) and real models."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from rlkd.judge import JudgeError, SingleTokenJudge, answer_token_ids, split_judge_prompt
+
+TEMPLATE = "Question: {question}\nProposed solution: {response}\nIs the solution correct? Answer Yes or No."
+REF_TEMPLATE = "Question: {question}\nReference answer: {reference}\nSolution: {response}\nDoes the solution reach the reference answer? Answer Yes or No."
+
+QUESTIONS = ["What is 2 + 3?", "Tom has 4 apples and eats one. How many are left?", "What is 12 * 12?"]
+RESPONSES = ["2 + 3 = 5. The answer is 5.", "4 - 1 = 3 apples remain.\n#### 3", "12 * 12 = 124. The answer is 124."]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_path):
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    return model, tok
+
+
+def test_split_prompt_renders_exactly_the_chat_template(tiny):
+    _, tok = tiny
+    prompt = split_judge_prompt(tok, REF_TEMPLATE, "You are a strict grader.")
+    assert prompt.fields == ["question", "reference", "response"]
+    q, ref, resp = QUESTIONS[0], "5", RESPONSES[0]
+    expected = tok.apply_chat_template(
+        [{"role": "system", "content": "You are a strict grader."},
+         {"role": "user", "content": REF_TEMPLATE.format(question=q, reference=ref, response=resp)}],
+        tokenize=False, add_generation_prompt=True)
+    assert prompt.render(question=q, reference=ref, response=resp) == expected
+
+
+def test_template_errors_name_the_placeholder(tiny):
+    _, tok = tiny
+    with pytest.raises(JudgeError, match=r"\{response\}"):
+        split_judge_prompt(tok, "Question: {question}", None)
+    with pytest.raises(JudgeError, match=r"\{answer\}"):
+        split_judge_prompt(tok, "{question} {response} {answer}", None)
+
+
+def test_yes_no_tokens_follow_where_the_prompt_ends(tiny):
+    _, tok = tiny
+    after_ws = answer_token_ids(tok, "Yes", after_whitespace=True)
+    mid_line = answer_token_ids(tok, "Yes", after_whitespace=False)
+    assert set(after_ws) < set(mid_line)  # a leading-space spelling only where no whitespace precedes
+    assert tok.encode("Yes", add_special_tokens=False)[0] in after_ws
+
+
+def test_judge_probability_equals_full_softmax_by_hand(tiny):
+    model, tok = tiny
+    judge = SingleTokenJudge(model, tok, template=TEMPLATE, abstain_threshold=0.0, max_len=512, max_tokens_per_batch=4096)
+    scores = judge.score(QUESTIONS, RESPONSES)
+    for i, (q, r) in enumerate(zip(QUESTIONS, RESPONSES)):
+        ids = tok(judge.render(q, r), add_special_tokens=False, return_tensors="pt").input_ids
+        with torch.no_grad():
+            probs = torch.softmax(model(ids).logits[0, -1].double(), -1)
+        p_yes = float(probs[judge.yes_ids].sum())
+        p_no = float(probs[judge.no_ids].sum())
+        # Batched with left padding and position ids must equal the prompt scored alone.
+        assert scores.p_yes[i] == pytest.approx(p_yes, rel=1e-3, abs=1e-7)
+        assert scores.p_no[i] == pytest.approx(p_no, rel=1e-3, abs=1e-7)
+        assert scores.reward[i] == pytest.approx(p_yes / (p_yes + p_no), rel=1e-3)
+
+
+def test_abstention_is_nan_and_counted_never_zero(tiny):
+    model, tok = tiny  # a random tiny model spreads its mass over the vocabulary: P(Yes)+P(No) << 0.5
+    judge = SingleTokenJudge(model, tok, template=TEMPLATE, abstain_threshold=0.5)
+    scores = judge.score(QUESTIONS, RESPONSES)
+    assert scores.abstained.all() and np.isnan(scores.reward).all()
+    assert scores.abstain_rate == 1.0
+
+
+def test_reference_guided_needs_references(tiny):
+    model, tok = tiny
+    judge = SingleTokenJudge(model, tok, template=REF_TEMPLATE, abstain_threshold=0.0)
+    assert judge.needs_reference
+    with pytest.raises(JudgeError, match="reference"):
+        judge.score(QUESTIONS, RESPONSES)
+    scores = judge.score(QUESTIONS, RESPONSES, ["5", "3", "144"])
+    assert np.isfinite(scores.reward).all()
+
+
+def test_truncation_keeps_the_end_of_long_responses(tiny):
+    model, tok = tiny
+    judge = SingleTokenJudge(model, tok, template=TEMPLATE, abstain_threshold=0.0, max_len=96, max_tokens_per_batch=1024)
+    long = "blah " * 400 + "The answer is 5."
+    scores = judge.score([QUESTIONS[0]], [long])
+    assert scores.num_truncated == 1 and np.isfinite(scores.reward[0])
+
+
+@pytest.mark.slow
+def test_real_instruct_judge_puts_its_mass_on_yes_no(smollm2_path):
+    """SmolLM2-135M-Instruct, real weights: after the assistant header most mass is on Yes/No."""
+    model = AutoModelForCausalLM.from_pretrained(smollm2_path, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(smollm2_path)
+    judge = SingleTokenJudge(model, tok, template=TEMPLATE + " Reply with one word.", abstain_threshold=0.0)
+    scores = judge.score(QUESTIONS, RESPONSES)
+    assert (scores.p_yes + scores.p_no).mean() > 0.3  # mechanics, not quality: tiny judges are weak

@@ -1,0 +1,50 @@
+import numpy as np
+import pytest
+
+from rlkd import _core
+from rlkd.rewards import EQUAL, NO_ANSWER, NOT_EQUAL, UNLABELED, RewardWeights, VRValues, mix_rewards, verifiable_rewards
+
+nan = float("nan")
+
+
+def test_mix_weights_labeled_and_renormalises_unlabeled():
+    w = RewardWeights(vr=0.5, judge=0.25, rerank=0.25)
+    labeled = np.array([True, False])
+    vr = np.array([1.0, nan], dtype=np.float32)
+    judge = np.array([0.2, 0.8], dtype=np.float32)
+    rerank = np.array([0.6, 0.4], dtype=np.float32)
+    total = mix_rewards(w, labeled, vr=vr, judge=judge, rerank=rerank)
+    assert total.dtype == np.float32
+    assert total[0] == pytest.approx(0.5 * 1.0 + 0.25 * 0.2 + 0.25 * 0.6)
+    # unlabeled: VR absent by design, the judge and reranker weights renormalised to 0.5 / 0.5
+    assert total[1] == pytest.approx((0.25 * 0.8 + 0.25 * 0.4) / 0.5)
+
+
+def test_mix_missing_value_excludes_sample_instead_of_zero():
+    w = RewardWeights(vr=0.5, judge=0.5, rerank=0.0)
+    labeled = np.array([True, True, False])
+    vr = np.array([1.0, nan, nan], dtype=np.float32)  # second: verifier Unknown
+    judge = np.array([nan, 0.9, 0.7], dtype=np.float32)  # first: judge abstained
+    total = mix_rewards(w, labeled, vr=vr, judge=judge)
+    assert np.isnan(total[0]) and np.isnan(total[1])
+    assert total[2] == pytest.approx(0.7)
+
+
+def test_mix_rlvr_only_leaves_unlabeled_without_reward():
+    total = mix_rewards(RewardWeights(1.0, 0.0, 0.0), np.array([True, False]), vr=np.array([0.1, nan]))
+    assert total[0] == pytest.approx(0.1) and np.isnan(total[1])
+
+
+def test_mix_needs_values_for_weighted_source():
+    with pytest.raises(ValueError, match="non-zero weight"):
+        mix_rewards(RewardWeights(0.0, 1.0, 0.0), np.array([True]))
+
+
+def test_verifiable_rewards_reft_values_and_unlabeled():
+    golds = ["18", "18", "18", None]
+    responses = ["so #### 18", "The answer is 17.", "I do not know.", "The answer is 3."]
+    rewards, verdicts = verifiable_rewards(golds, responses, VRValues(correct=1.0, wrong=0.1, no_answer=0.0))
+    assert verdicts.tolist() == [EQUAL, NOT_EQUAL, NO_ANSWER, UNLABELED]
+    assert rewards[:3].tolist() == pytest.approx([1.0, 0.1, 0.0])
+    assert np.isnan(rewards[3])
+    assert int(_core.Verdict.Equal) == EQUAL
