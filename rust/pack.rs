@@ -315,39 +315,48 @@ fn build_batch<P: AsRef<[TokenId]>, F: AsRef<[TokenId]>>(
 ) -> Result<PackedBatch> {
     let lengths: Vec<usize> = rows.iter().map(|&i| plans[i].length).collect();
     let real_tokens: usize = lengths.iter().sum();
-    let write = |dst: &mut [TokenId], sample: usize| {
-        write_sequence(dst, pieces, fields, sample, truncate_field, &plans[sample].kept)
+    let append = |dst: &mut Vec<TokenId>, sample: usize| {
+        append_sequence(dst, pieces, fields, sample, truncate_field, &plans[sample].kept)
     };
     let mut last_index = Vec::with_capacity(rows.len());
+    // Every array is written in one sequential pass (no pre-fill then overwrite).
     let (input_ids, layout, num_padding_tokens) = if options.varlen {
-        let mut input_ids = vec![0; real_tokens];
+        let mut input_ids = Vec::with_capacity(real_tokens);
         let mut position_ids = Vec::with_capacity(real_tokens);
         let mut cu_seqlens = Vec::with_capacity(rows.len() + 1);
-        let mut offset = 0_usize;
         cu_seqlens.push(0_i32);
         for (&sample, &length) in rows.iter().zip(&lengths) {
-            write(&mut input_ids[offset..offset + length], sample);
+            append(&mut input_ids, sample);
             position_ids.extend(0..length as i64);
-            offset += length;
-            last_index.push(offset as i64 - 1);
-            cu_seqlens.push(i32::try_from(offset).map_err(|_| {
-                Error::Packing(format!("a varlen batch of {offset} tokens overflows int32 cu_seqlens"))
+            last_index.push(input_ids.len() as i64 - 1);
+            cu_seqlens.push(i32::try_from(input_ids.len()).map_err(|_| {
+                Error::Packing(format!("a varlen batch of {} tokens overflows int32 cu_seqlens", input_ids.len()))
             })?);
         }
         (input_ids, Layout::Varlen { cu_seqlens, position_ids }, 0)
     } else {
         let width = lengths.iter().copied().max().unwrap_or(0);
-        let mut input_ids = vec![options.pad_id; rows.len() * width];
-        let mut attention_mask = vec![0_i64; rows.len() * width];
-        let row_chunks = input_ids.chunks_exact_mut(width.max(1)).zip(attention_mask.chunks_exact_mut(width.max(1)));
-        for ((ids, mask), (&sample, &length)) in row_chunks.zip(rows.iter().zip(&lengths)) {
-            let real = match options.padding_side {
-                PaddingSide::Left => width - length..width,
-                PaddingSide::Right => 0..length,
+        let mut input_ids = Vec::with_capacity(rows.len() * width);
+        let mut attention_mask = Vec::with_capacity(rows.len() * width);
+        for (&sample, &length) in rows.iter().zip(&lengths) {
+            let padding = width - length;
+            let pad = |ids: &mut Vec<TokenId>, mask: &mut Vec<i64>| {
+                ids.resize(ids.len() + padding, options.pad_id);
+                mask.resize(mask.len() + padding, 0);
             };
-            last_index.push(real.end as i64 - 1);
-            mask[real.clone()].fill(1);
-            write(&mut ids[real], sample);
+            if options.padding_side == PaddingSide::Left {
+                pad(&mut input_ids, &mut attention_mask);
+            }
+            append(&mut input_ids, sample);
+            attention_mask.resize(attention_mask.len() + length, 1);
+            // Rows are never empty (plan_sample rejects those), so neither index underflows.
+            last_index.push(match options.padding_side {
+                PaddingSide::Left => width as i64 - 1,
+                PaddingSide::Right => length as i64 - 1,
+            });
+            if options.padding_side == PaddingSide::Right {
+                pad(&mut input_ids, &mut attention_mask);
+            }
         }
         let padding = rows.len() * width - real_tokens;
         (input_ids, Layout::Padded { width, attention_mask }, padding)
@@ -363,27 +372,22 @@ fn build_batch<P: AsRef<[TokenId]>, F: AsRef<[TokenId]>>(
     })
 }
 
-/// Copies sample `sample`'s rendered (and truncated) sequence into `dst`, which has its length.
-fn write_sequence<P: AsRef<[TokenId]>, F: AsRef<[TokenId]>>(
-    dst: &mut [TokenId],
+/// Appends sample `sample`'s rendered (and truncated) sequence to `dst`.
+fn append_sequence<P: AsRef<[TokenId]>, F: AsRef<[TokenId]>>(
+    dst: &mut Vec<TokenId>,
     pieces: &[P],
     fields: &[Vec<F>],
     sample: usize,
     truncate_field: usize,
     kept: &Range<usize>,
 ) {
-    let mut cursor = 0;
-    let mut copy = |segment: &[TokenId]| {
-        dst[cursor..cursor + segment.len()].copy_from_slice(segment);
-        cursor += segment.len();
-    };
     for (f, field) in fields.iter().enumerate() {
-        copy(pieces[f].as_ref());
+        dst.extend_from_slice(pieces[f].as_ref());
         let tokens = field[sample].as_ref();
-        copy(if f == truncate_field { &tokens[kept.clone()] } else { tokens });
+        dst.extend_from_slice(if f == truncate_field { &tokens[kept.clone()] } else { tokens });
     }
     if let Some(last) = pieces.last() {
-        copy(last.as_ref());
+        dst.extend_from_slice(last.as_ref());
     }
 }
 
