@@ -69,7 +69,9 @@ pub fn group_advantages(
         )));
     }
     if !(eps.is_finite() && eps >= 0.0) {
-        return Err(Error::InvalidArgument(format!("eps must be finite and >= 0, got {eps}")));
+        return Err(Error::InvalidArgument(format!(
+            "eps must be finite and >= 0, got {eps}"
+        )));
     }
     if let Some(index) = rewards.iter().position(|r| r.is_infinite()) {
         return Err(Error::InvalidArgument(format!(
@@ -78,7 +80,10 @@ pub fn group_advantages(
         )));
     }
     let mut advantages = vec![0.0_f32; rewards.len()];
-    for (group, out) in rewards.chunks_exact(group_size).zip(advantages.chunks_exact_mut(group_size)) {
+    for (group, out) in rewards
+        .chunks_exact(group_size)
+        .zip(advantages.chunks_exact_mut(group_size))
+    {
         advantages_of_group(group, estimator, f64::from(eps), out);
     }
     Ok(advantages)
@@ -156,7 +161,9 @@ pub fn gae(
     }
     for (name, x) in [("gamma", gamma), ("lam", lam)] {
         if !(0.0..=1.0).contains(&x) {
-            return Err(Error::InvalidArgument(format!("{name} must be in [0, 1], got {x}")));
+            return Err(Error::InvalidArgument(format!(
+                "{name} must be in [0, 1], got {x}"
+            )));
         }
     }
     for (name, xs) in [("rewards", rewards), ("values", values)] {
@@ -191,7 +198,12 @@ pub fn gae(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::needless_range_loop)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::needless_range_loop
+)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
@@ -200,13 +212,18 @@ mod tests {
     fn reference(rewards: &[f32], g: usize, estimator: Estimator, eps: f64) -> Vec<f64> {
         let mut out = vec![0.0; rewards.len()];
         for (k, group) in rewards.chunks(g).enumerate() {
-            let kept: Vec<f64> = group.iter().filter(|r| !r.is_nan()).map(|&r| f64::from(r)).collect();
+            let kept: Vec<f64> = group
+                .iter()
+                .filter(|r| !r.is_nan())
+                .map(|&r| f64::from(r))
+                .collect();
             let n = kept.len();
             if n <= 1 || kept.iter().all(|&r| r == kept[0]) {
                 continue;
             }
             let mean = kept.iter().sum::<f64>() / n as f64;
-            let std = (kept.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / (n as f64 - 1.0)).sqrt();
+            let std =
+                (kept.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / (n as f64 - 1.0)).sqrt();
             for (j, &r) in group.iter().enumerate() {
                 if r.is_nan() {
                     continue;
@@ -246,7 +263,8 @@ mod tests {
 
     #[test]
     fn nan_is_excluded_from_statistics() {
-        let with_nan = group_advantages(&[1.0, f32::NAN, 0.0, 0.5], 4, Estimator::Rloo, 0.0).unwrap();
+        let with_nan =
+            group_advantages(&[1.0, f32::NAN, 0.0, 0.5], 4, Estimator::Rloo, 0.0).unwrap();
         let without = group_advantages(&[1.0, 0.0, 0.5], 3, Estimator::Rloo, 0.0).unwrap();
         assert_eq!(with_nan, vec![without[0], 0.0, without[1], without[2]]);
     }
@@ -260,15 +278,27 @@ mod tests {
     #[test]
     fn errors_name_the_problem() {
         let e = group_advantages(&[0.0; 10], 3, Estimator::Grpo, 1e-6).unwrap_err();
-        assert!(matches!(&e, Error::GroupSize(m) if m.contains('3') && m.contains("10")), "{e}");
-        assert!(matches!(group_advantages(&[0.0; 2], 0, Estimator::Grpo, 1e-6), Err(Error::GroupSize(_))));
+        assert!(
+            matches!(&e, Error::GroupSize(m) if m.contains('3') && m.contains("10")),
+            "{e}"
+        );
+        assert!(matches!(
+            group_advantages(&[0.0; 2], 0, Estimator::Grpo, 1e-6),
+            Err(Error::GroupSize(_))
+        ));
         let e = group_advantages(&[0.0, f32::INFINITY], 2, Estimator::Grpo, 1e-6).unwrap_err();
-        assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("index 1")), "{e}");
+        assert!(
+            matches!(&e, Error::InvalidArgument(m) if m.contains("index 1")),
+            "{e}"
+        );
         assert!(group_advantages(&[0.0; 2], 2, Estimator::Grpo, -1.0).is_err());
         let e = Estimator::from_name("ppo").unwrap_err();
         assert!(e.to_string().contains("grpo, dr_grpo, rloo"), "{e}");
         // An empty batch is fine: zero groups.
-        assert_eq!(group_advantages(&[], 4, Estimator::Grpo, 1e-6).unwrap(), Vec::<f32>::new());
+        assert_eq!(
+            group_advantages(&[], 4, Estimator::Grpo, 1e-6).unwrap(),
+            Vec::<f32>::new()
+        );
     }
 
     /// Python-style GAE written from the definition, per sequence, in f64.
@@ -282,7 +312,11 @@ mod tests {
                 // A_t = sum_k (γλ)^k δ_{t+k}
                 let mut acc = 0.0;
                 for k in t..rs.len() {
-                    let next_v = if k + 1 < rs.len() { f64::from(vs[k + 1]) } else { 0.0 };
+                    let next_v = if k + 1 < rs.len() {
+                        f64::from(vs[k + 1])
+                    } else {
+                        0.0
+                    };
                     let delta = f64::from(rs[k]) + gamma * next_v - f64::from(vs[k]);
                     acc += (gamma * lam).powi((k - t) as i32) * delta;
                 }
@@ -305,12 +339,30 @@ mod tests {
             assert!((f64::from(adv[t]) - expected[t]).abs() < 1e-6);
             assert!((ret[t] - (adv[t] + v[t])).abs() < 1e-6);
         }
-        assert!(matches!(gae(&r, &v[..4], &lengths, 1.0, 0.95), Err(Error::LengthMismatch(_))));
-        assert!(matches!(gae(&r, &v, &[3, 1], 1.0, 0.95), Err(Error::LengthMismatch(_))));
-        assert!(matches!(gae(&r, &v, &[6, -1], 1.0, 0.95), Err(Error::InvalidArgument(_))));
-        assert!(matches!(gae(&r, &v, &[5], 1.5, 0.95), Err(Error::InvalidArgument(_))));
-        assert!(matches!(gae(&[f32::NAN], &[0.0], &[1], 1.0, 0.95), Err(Error::InvalidArgument(_))));
-        assert!(matches!(gae(&r, &v, &[i64::MAX, i64::MAX], 1.0, 0.95), Err(Error::LengthMismatch(_))));
+        assert!(matches!(
+            gae(&r, &v[..4], &lengths, 1.0, 0.95),
+            Err(Error::LengthMismatch(_))
+        ));
+        assert!(matches!(
+            gae(&r, &v, &[3, 1], 1.0, 0.95),
+            Err(Error::LengthMismatch(_))
+        ));
+        assert!(matches!(
+            gae(&r, &v, &[6, -1], 1.0, 0.95),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            gae(&r, &v, &[5], 1.5, 0.95),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            gae(&[f32::NAN], &[0.0], &[1], 1.0, 0.95),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            gae(&r, &v, &[i64::MAX, i64::MAX], 1.0, 0.95),
+            Err(Error::LengthMismatch(_))
+        ));
     }
 
     fn reward() -> impl Strategy<Value = f32> {

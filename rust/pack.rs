@@ -127,9 +127,15 @@ impl Default for PackOptions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Layout {
     /// `input_ids` is `rows × width`; `attention_mask` likewise, 1 on real tokens.
-    Padded { width: usize, attention_mask: Vec<i64> },
+    Padded {
+        width: usize,
+        attention_mask: Vec<i64>,
+    },
     /// `input_ids` is flat; row `r` is `input_ids[cu_seqlens[r]..cu_seqlens[r + 1]]`.
-    Varlen { cu_seqlens: Vec<i32>, position_ids: Vec<i64> },
+    Varlen {
+        cu_seqlens: Vec<i32>,
+        position_ids: Vec<i64>,
+    },
 }
 
 /// One batch of packed judge prompts (see module docs for the layouts).
@@ -188,7 +194,8 @@ where
     let batches = split_into_batches(&order, &plans, options);
 
     let total_tokens: usize = plans.iter().map(|p| p.length).sum();
-    let build = |rows: &&[usize]| build_batch(rows, &plans, pieces, fields, truncate_field, options);
+    let build =
+        |rows: &&[usize]| build_batch(rows, &plans, pieces, fields, truncate_field, options);
     // Below ~64k tokens the copy takes microseconds and threads would only add overhead.
     if total_tokens >= 1 << 16 {
         batches.par_iter().map(build).collect()
@@ -204,7 +211,9 @@ fn validate<P: AsRef<[TokenId]>, F>(
     options: &PackOptions,
 ) -> Result<usize> {
     if fields.is_empty() {
-        return Err(Error::InvalidArgument("fields is empty; give at least one field".into()));
+        return Err(Error::InvalidArgument(
+            "fields is empty; give at least one field".into(),
+        ));
     }
     if pieces.len() != fields.len() + 1 {
         return Err(Error::LengthMismatch(format!(
@@ -214,7 +223,11 @@ fn validate<P: AsRef<[TokenId]>, F>(
         )));
     }
     let num_samples = fields[0].len();
-    if let Some((f, field)) = fields.iter().enumerate().find(|(_, field)| field.len() != num_samples) {
+    if let Some((f, field)) = fields
+        .iter()
+        .enumerate()
+        .find(|(_, field)| field.len() != num_samples)
+    {
         return Err(Error::LengthMismatch(format!(
             "fields[{f}] has {} samples but fields[0] has {num_samples}",
             field.len()
@@ -236,7 +249,11 @@ fn validate<P: AsRef<[TokenId]>, F>(
             "truncate_field {tf} is out of range for {num_fields} fields"
         )));
     }
-    Ok(if tf < 0 { (tf + num_fields) as usize } else { tf as usize })
+    Ok(if tf < 0 {
+        (tf + num_fields) as usize
+    } else {
+        tf as usize
+    })
 }
 
 /// Length and truncation of sample `i`, or the error explaining why it cannot be packed.
@@ -249,12 +266,21 @@ fn plan_sample<P: AsRef<[TokenId]>, F: AsRef<[TokenId]>>(
 ) -> Result<SamplePlan> {
     let cut_len = fields[truncate_field][i].as_ref().len();
     let full_len = pieces.iter().map(|p| p.as_ref().len()).sum::<usize>()
-        + fields.iter().map(|field| field[i].as_ref().len()).sum::<usize>();
+        + fields
+            .iter()
+            .map(|field| field[i].as_ref().len())
+            .sum::<usize>();
     if full_len == 0 {
-        return Err(Error::Packing(format!("sample {i} is empty (no template or field tokens)")));
+        return Err(Error::Packing(format!(
+            "sample {i} is empty (no template or field tokens)"
+        )));
     }
     if full_len <= options.max_len {
-        return Ok(SamplePlan { length: full_len, kept: 0..cut_len, truncated: false });
+        return Ok(SamplePlan {
+            length: full_len,
+            kept: 0..cut_len,
+            truncated: false,
+        });
     }
     let excess = full_len - options.max_len;
     if options.truncation == Truncation::Error {
@@ -275,11 +301,19 @@ fn plan_sample<P: AsRef<[TokenId]>, F: AsRef<[TokenId]>>(
         Truncation::KeepStart => 0..cut_len - excess,
         _ => excess..cut_len,
     };
-    Ok(SamplePlan { length: options.max_len, kept, truncated: true })
+    Ok(SamplePlan {
+        length: options.max_len,
+        kept,
+        truncated: true,
+    })
 }
 
 /// Greedy split of `order` into batches under the token budget (see module docs).
-fn split_into_batches<'a>(order: &'a [usize], plans: &[SamplePlan], options: &PackOptions) -> Vec<&'a [usize]> {
+fn split_into_batches<'a>(
+    order: &'a [usize],
+    plans: &[SamplePlan],
+    options: &PackOptions,
+) -> Vec<&'a [usize]> {
     let budget = options.max_tokens_per_batch;
     let mut batches = Vec::new();
     let (mut start, mut width, mut tokens) = (0_usize, 0_usize, 0_usize);
@@ -316,7 +350,14 @@ fn build_batch<P: AsRef<[TokenId]>, F: AsRef<[TokenId]>>(
     let lengths: Vec<usize> = rows.iter().map(|&i| plans[i].length).collect();
     let real_tokens: usize = lengths.iter().sum();
     let append = |dst: &mut Vec<TokenId>, sample: usize| {
-        append_sequence(dst, pieces, fields, sample, truncate_field, &plans[sample].kept)
+        append_sequence(
+            dst,
+            pieces,
+            fields,
+            sample,
+            truncate_field,
+            &plans[sample].kept,
+        )
     };
     let mut last_index = Vec::with_capacity(rows.len());
     // Every array is written in one sequential pass (no pre-fill then overwrite).
@@ -330,10 +371,20 @@ fn build_batch<P: AsRef<[TokenId]>, F: AsRef<[TokenId]>>(
             position_ids.extend(0..length as i64);
             last_index.push(input_ids.len() as i64 - 1);
             cu_seqlens.push(i32::try_from(input_ids.len()).map_err(|_| {
-                Error::Packing(format!("a varlen batch of {} tokens overflows int32 cu_seqlens", input_ids.len()))
+                Error::Packing(format!(
+                    "a varlen batch of {} tokens overflows int32 cu_seqlens",
+                    input_ids.len()
+                ))
             })?);
         }
-        (input_ids, Layout::Varlen { cu_seqlens, position_ids }, 0)
+        (
+            input_ids,
+            Layout::Varlen {
+                cu_seqlens,
+                position_ids,
+            },
+            0,
+        )
     } else {
         let width = lengths.iter().copied().max().unwrap_or(0);
         let mut input_ids = Vec::with_capacity(rows.len() * width);
@@ -359,7 +410,14 @@ fn build_batch<P: AsRef<[TokenId]>, F: AsRef<[TokenId]>>(
             }
         }
         let padding = rows.len() * width - real_tokens;
-        (input_ids, Layout::Padded { width, attention_mask }, padding)
+        (
+            input_ids,
+            Layout::Padded {
+                width,
+                attention_mask,
+            },
+            padding,
+        )
     };
     Ok(PackedBatch {
         input_ids,
@@ -384,7 +442,11 @@ fn append_sequence<P: AsRef<[TokenId]>, F: AsRef<[TokenId]>>(
     for (f, field) in fields.iter().enumerate() {
         dst.extend_from_slice(pieces[f].as_ref());
         let tokens = field[sample].as_ref();
-        dst.extend_from_slice(if f == truncate_field { &tokens[kept.clone()] } else { tokens });
+        dst.extend_from_slice(if f == truncate_field {
+            &tokens[kept.clone()]
+        } else {
+            tokens
+        });
     }
     if let Some(last) = pieces.last() {
         dst.extend_from_slice(last.as_ref());
@@ -392,7 +454,12 @@ fn append_sequence<P: AsRef<[TokenId]>, F: AsRef<[TokenId]>>(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::needless_range_loop)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::needless_range_loop
+)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
@@ -454,14 +521,21 @@ mod tests {
     fn check_case(case: &Case) -> std::result::Result<(), String> {
         let result = pack_judge_prompts(&case.pieces, &case.fields, &case.options);
         let expected: Option<Vec<_>> = if options_are_valid(case) {
-            (0..case.fields[0].len()).map(|i| reference_sequence(case, i)).collect()
+            (0..case.fields[0].len())
+                .map(|i| reference_sequence(case, i))
+                .collect()
         } else {
             None
         };
         let (batches, expected) = match (result, expected) {
             (Err(_), None) => return Ok(()),
             (Ok(b), Some(e)) => (b, e),
-            (r, e) => return Err(format!("outcome mismatch: got {r:?}, reference accepts: {}", e.is_some())),
+            (r, e) => {
+                return Err(format!(
+                    "outcome mismatch: got {r:?}, reference accepts: {}",
+                    e.is_some()
+                ))
+            }
         };
         let o = &case.options;
         let mut seen = vec![false; expected.len()];
@@ -482,10 +556,17 @@ mod tests {
                 truncated += usize::from(*was_truncated);
                 real += want.len();
                 if batch.lengths[r] as usize != want.len() {
-                    return Err(format!("row {r}: length {} != {}", batch.lengths[r], want.len()));
+                    return Err(format!(
+                        "row {r}: length {} != {}",
+                        batch.lengths[r],
+                        want.len()
+                    ));
                 }
                 let got: Vec<TokenId> = match &batch.layout {
-                    Layout::Padded { width, attention_mask } => {
+                    Layout::Padded {
+                        width,
+                        attention_mask,
+                    } => {
                         let ids = &batch.input_ids[r * width..(r + 1) * width];
                         let mask = &attention_mask[r * width..(r + 1) * width];
                         let real_range = match o.padding_side {
@@ -503,9 +584,16 @@ mod tests {
                         }
                         ids[real_range].to_vec()
                     }
-                    Layout::Varlen { cu_seqlens, position_ids } => {
+                    Layout::Varlen {
+                        cu_seqlens,
+                        position_ids,
+                    } => {
                         let (s, e) = (cu_seqlens[r] as usize, cu_seqlens[r + 1] as usize);
-                        if position_ids[s..e].iter().enumerate().any(|(j, &p)| p != j as i64) {
+                        if position_ids[s..e]
+                            .iter()
+                            .enumerate()
+                            .any(|(j, &p)| p != j as i64)
+                        {
                             return Err(format!("row {r}: position_ids do not restart at 0"));
                         }
                         if batch.last_index[r] != e as i64 - 1 {
@@ -528,14 +616,20 @@ mod tests {
                     rows * width
                 }
                 Layout::Varlen { cu_seqlens, .. } => {
-                    if cu_seqlens.len() != rows + 1 || cu_seqlens[0] != 0 || *cu_seqlens.last().unwrap() as usize != real {
+                    if cu_seqlens.len() != rows + 1
+                        || cu_seqlens[0] != 0
+                        || *cu_seqlens.last().unwrap() as usize != real
+                    {
                         return Err("bad cu_seqlens".into());
                     }
                     real
                 }
             };
             if used > o.max_tokens_per_batch {
-                return Err(format!("batch {b} uses {used} > budget {}", o.max_tokens_per_batch));
+                return Err(format!(
+                    "batch {b} uses {used} > budget {}",
+                    o.max_tokens_per_batch
+                ));
             }
             if batch.num_truncated != truncated || batch.num_padding_tokens != used - real {
                 return Err("bad counters".into());
@@ -589,26 +683,52 @@ mod tests {
         let num_fields = 1 + rng.below(3) as usize;
         let num_samples = rng.below(9) as usize;
         // Mostly well-formed shapes, sometimes deliberately broken ones.
-        let num_pieces = if rng.below(50) == 0 { num_fields + rng.below(3) as usize } else { num_fields + 1 };
+        let num_pieces = if rng.below(50) == 0 {
+            num_fields + rng.below(3) as usize
+        } else {
+            num_fields + 1
+        };
         let pieces = (0..num_pieces).map(|_| rng.tokens(6)).collect();
         let fields = (0..num_fields)
             .map(|_| {
-                let n = if rng.below(50) == 0 { rng.below(9) as usize } else { num_samples };
+                let n = if rng.below(50) == 0 {
+                    rng.below(9) as usize
+                } else {
+                    num_samples
+                };
                 (0..n).map(|_| rng.tokens(24)).collect()
             })
             .collect();
         let max_len = rng.below(100) as usize;
         let options = PackOptions {
-            max_tokens_per_batch: max_len + rng.below(200) as usize - (rng.below(20) == 0) as usize * max_len.min(1),
+            max_tokens_per_batch: max_len + rng.below(200) as usize
+                - (rng.below(20) == 0) as usize * max_len.min(1),
             max_len,
             pad_id: rng.below(5) as i64 - 2,
-            padding_side: if rng.below(2) == 0 { PaddingSide::Left } else { PaddingSide::Right },
-            truncate_field: if rng.below(10) == 0 { rng.below(8) as i64 - 4 } else { -1 - rng.below(num_fields as u64) as i64 },
-            truncation: [Truncation::KeepEnd, Truncation::KeepEnd, Truncation::KeepStart, Truncation::Error][rng.below(4) as usize],
+            padding_side: if rng.below(2) == 0 {
+                PaddingSide::Left
+            } else {
+                PaddingSide::Right
+            },
+            truncate_field: if rng.below(10) == 0 {
+                rng.below(8) as i64 - 4
+            } else {
+                -1 - rng.below(num_fields as u64) as i64
+            },
+            truncation: [
+                Truncation::KeepEnd,
+                Truncation::KeepEnd,
+                Truncation::KeepStart,
+                Truncation::Error,
+            ][rng.below(4) as usize],
             varlen: rng.below(2) == 0,
             sort_by_length: rng.below(4) != 0,
         };
-        Case { pieces, fields, options }
+        Case {
+            pieces,
+            fields,
+            options,
+        }
     }
 
     /// ≥ 1,000,000 generated inputs: no panic, every invariant holds, and no input takes over
@@ -638,8 +758,14 @@ mod tests {
             }
         }
         eprintln!("packing fuzz: {INPUTS} inputs, {accepted} packed, slowest {slowest:?}");
-        assert!(slowest < Duration::from_millis(1), "slowest input took {slowest:?}");
-        assert!(accepted > INPUTS / 4, "the generator should mostly produce packable inputs");
+        assert!(
+            slowest < Duration::from_millis(1),
+            "slowest input took {slowest:?}"
+        );
+        assert!(
+            accepted > INPUTS / 4,
+            "the generator should mostly produce packable inputs"
+        );
     }
 
     fn case_strategy() -> impl Strategy<Value = Case> {
@@ -652,24 +778,42 @@ mod tests {
                     1_usize..40,
                     0_usize..100,
                     -3_i64..3,
-                    prop::sample::select(vec![Truncation::KeepEnd, Truncation::KeepStart, Truncation::Error]),
+                    prop::sample::select(vec![
+                        Truncation::KeepEnd,
+                        Truncation::KeepStart,
+                        Truncation::Error,
+                    ]),
                     any::<(bool, bool, bool)>(),
                 )
             })
-            .prop_map(|(pieces, fields, max_len, extra, truncate_field, truncation, (left, varlen, sort))| Case {
-                pieces,
-                fields,
-                options: PackOptions {
-                    max_tokens_per_batch: max_len + extra,
+            .prop_map(
+                |(
+                    pieces,
+                    fields,
                     max_len,
-                    pad_id: -1,
-                    padding_side: if left { PaddingSide::Left } else { PaddingSide::Right },
+                    extra,
                     truncate_field,
                     truncation,
-                    varlen,
-                    sort_by_length: sort,
+                    (left, varlen, sort),
+                )| Case {
+                    pieces,
+                    fields,
+                    options: PackOptions {
+                        max_tokens_per_batch: max_len + extra,
+                        max_len,
+                        pad_id: -1,
+                        padding_side: if left {
+                            PaddingSide::Left
+                        } else {
+                            PaddingSide::Right
+                        },
+                        truncate_field,
+                        truncation,
+                        varlen,
+                        sort_by_length: sort,
+                    },
                 },
-            })
+            )
     }
 
     proptest! {
@@ -680,26 +824,52 @@ mod tests {
         }
     }
 
-    fn two_field_case(questions: Vec<Vec<TokenId>>, responses: Vec<Vec<TokenId>>, options: PackOptions) -> Case {
-        Case { pieces: vec![vec![100, 101], vec![102], vec![103, 104]], fields: vec![questions, responses], options }
+    fn two_field_case(
+        questions: Vec<Vec<TokenId>>,
+        responses: Vec<Vec<TokenId>>,
+        options: PackOptions,
+    ) -> Case {
+        Case {
+            pieces: vec![vec![100, 101], vec![102], vec![103, 104]],
+            fields: vec![questions, responses],
+            options,
+        }
     }
 
     #[test]
     fn keep_end_truncates_the_start_of_the_response() {
-        let options = PackOptions { max_len: 9, max_tokens_per_batch: 64, ..PackOptions::default() };
+        let options = PackOptions {
+            max_len: 9,
+            max_tokens_per_batch: 64,
+            ..PackOptions::default()
+        };
         let case = two_field_case(vec![vec![1, 2]], vec![vec![10, 11, 12, 13, 14]], options);
         let batches = pack_judge_prompts(&case.pieces, &case.fields, &case.options).unwrap();
         // 5 template + 2 question + 5 response = 12 > 9: the response keeps its last 2 tokens.
-        assert_eq!(batches[0].input_ids, vec![100, 101, 1, 2, 102, 13, 14, 103, 104]);
+        assert_eq!(
+            batches[0].input_ids,
+            vec![100, 101, 1, 2, 102, 13, 14, 103, 104]
+        );
         assert_eq!(batches[0].num_truncated, 1);
-        let keep_start = PackOptions { truncation: Truncation::KeepStart, ..options };
+        let keep_start = PackOptions {
+            truncation: Truncation::KeepStart,
+            ..options
+        };
         let batches = pack_judge_prompts(&case.pieces, &case.fields, &keep_start).unwrap();
-        assert_eq!(batches[0].input_ids, vec![100, 101, 1, 2, 102, 10, 11, 103, 104]);
+        assert_eq!(
+            batches[0].input_ids,
+            vec![100, 101, 1, 2, 102, 10, 11, 103, 104]
+        );
     }
 
     #[test]
     fn left_padding_puts_every_last_token_at_the_end() {
-        let options = PackOptions { max_len: 20, max_tokens_per_batch: 100, pad_id: -7, ..PackOptions::default() };
+        let options = PackOptions {
+            max_len: 20,
+            max_tokens_per_batch: 100,
+            pad_id: -7,
+            ..PackOptions::default()
+        };
         let case = two_field_case(vec![vec![1], vec![1, 2, 3]], vec![vec![9], vec![]], options);
         let batches = pack_judge_prompts(&case.pieces, &case.fields, &case.options).unwrap();
         assert_eq!(batches.len(), 1);
@@ -712,15 +882,37 @@ mod tests {
 
     #[test]
     fn errors_name_sample_and_lengths() {
-        let options = PackOptions { max_len: 6, max_tokens_per_batch: 64, ..PackOptions::default() };
-        let case = two_field_case(vec![vec![1], vec![1, 2, 3]], vec![vec![9], vec![8]], options);
+        let options = PackOptions {
+            max_len: 6,
+            max_tokens_per_batch: 64,
+            ..PackOptions::default()
+        };
+        let case = two_field_case(
+            vec![vec![1], vec![1, 2, 3]],
+            vec![vec![9], vec![8]],
+            options,
+        );
         let err = pack_judge_prompts(&case.pieces, &case.fields, &case.options).unwrap_err();
-        assert!(matches!(&err, Error::Packing(m) if m.contains("sample 1") && m.contains("9 tokens")), "{err}");
-        let tight = PackOptions { max_len: 65, ..options };
-        assert!(matches!(pack_judge_prompts(&case.pieces, &case.fields, &tight), Err(Error::Packing(_))));
+        assert!(
+            matches!(&err, Error::Packing(m) if m.contains("sample 1") && m.contains("9 tokens")),
+            "{err}"
+        );
+        let tight = PackOptions {
+            max_len: 65,
+            ..options
+        };
+        assert!(matches!(
+            pack_judge_prompts(&case.pieces, &case.fields, &tight),
+            Err(Error::Packing(_))
+        ));
         let bad = two_field_case(vec![vec![1]], vec![], options);
-        assert!(matches!(pack_judge_prompts(&bad.pieces, &bad.fields, &bad.options), Err(Error::LengthMismatch(_))));
-        assert!(matches!(PaddingSide::from_name("top"), Err(Error::InvalidArgument(m)) if m.contains("left, right")));
+        assert!(matches!(
+            pack_judge_prompts(&bad.pieces, &bad.fields, &bad.options),
+            Err(Error::LengthMismatch(_))
+        ));
+        assert!(
+            matches!(PaddingSide::from_name("top"), Err(Error::InvalidArgument(m)) if m.contains("left, right"))
+        );
     }
 
     #[test]
@@ -729,7 +921,12 @@ mod tests {
         let questions: Vec<Vec<TokenId>> = (0..300).map(|_| rng.tokens(100)).collect();
         let responses: Vec<Vec<TokenId>> = (0..300).map(|_| rng.tokens(600)).collect();
         for varlen in [false, true] {
-            let options = PackOptions { max_len: 512, max_tokens_per_batch: 4096, varlen, ..PackOptions::default() };
+            let options = PackOptions {
+                max_len: 512,
+                max_tokens_per_batch: 4096,
+                varlen,
+                ..PackOptions::default()
+            };
             let case = two_field_case(questions.clone(), responses.clone(), options);
             assert_eq!(check_case(&case), Ok(()));
         }
