@@ -4,7 +4,9 @@
 //! PyO3 code lives in `py.rs`, compiled with the `python` feature into `rlkd._core`.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod advantage;
 pub mod error;
+pub mod pack;
 
 #[cfg(feature = "python")]
 mod py;

@@ -35,6 +35,314 @@ impl From<Error> for PyErr {
 
 // ---- advantages / packing (owned by the numeric-kernels work) --------------------------------
 // BEGIN numeric kernels
+// Numeric kernels: float32 rewards/advantages and int64 token ids as numpy arrays. Inputs are
+// converted with the GIL held (zero-copy for contiguous arrays of the right dtype), then the
+// kernel runs with the GIL released.
+// (In a module of their own so that their imports cannot clash with the text kernels'.)
+mod numeric {
+    use super::*;
+    use std::borrow::Cow;
+
+    use numpy::ndarray::Array2;
+    use pyo3::types::PyList;
+    use numpy::prelude::*;
+    use numpy::{PyArray1, PyReadonlyArray1};
+
+    use crate::advantage::{self, Estimator};
+    use crate::pack::{self, Layout, PackOptions, PaddingSide, TokenId, Truncation};
+
+    type Float32Array<'py> = Bound<'py, PyArray1<f32>>;
+
+    /// `obj` as a 1-D numpy array of `dtype_name`, converting other dtypes and sequences with
+    /// `numpy.asarray` (so float64 rewards become float32). Non-1-D input is an InvalidArgumentError.
+    fn as_numpy_1d<'py, T: numpy::Element>(
+        obj: &Bound<'py, PyAny>,
+        name: &str,
+        dtype_name: &str,
+    ) -> PyResult<PyReadonlyArray1<'py, T>> {
+        if let Ok(array) = obj.cast::<PyArray1<T>>() {
+            return Ok(array.readonly());
+        }
+        let converted = obj
+            .py()
+            .import("numpy")?
+            .call_method1("asarray", (obj, dtype_name))
+            .map_err(|e| InvalidArgumentError::new_err(format!("{name} cannot be read as {dtype_name}: {e}")))?;
+        match converted.cast_into::<PyArray1<T>>() {
+            Ok(array) => Ok(array.readonly()),
+            Err(e) => Err(InvalidArgumentError::new_err(format!(
+                "{name} must be one-dimensional, got an array of shape {}",
+                e.into_inner().getattr("shape")?
+            ))),
+        }
+    }
+
+    /// Integer arrays only: floats are rejected rather than silently truncated.
+    fn as_int64_1d<'py>(obj: &Bound<'py, PyAny>, name: &str) -> PyResult<PyReadonlyArray1<'py, i64>> {
+        if let Ok(array) = obj.cast::<PyArray1<i64>>() {
+            return Ok(array.readonly());
+        }
+        let array = obj.py().import("numpy")?.call_method1("asarray", (obj,))?;
+        let kind: String = array.getattr("dtype")?.getattr("kind")?.extract()?;
+        let size: usize = array.getattr("size")?.extract()?;
+        if size > 0 && kind != "i" && kind != "u" {
+            return Err(InvalidArgumentError::new_err(format!("{name} must hold integers, got dtype kind {kind:?}")));
+        }
+        as_numpy_1d::<i64>(&array, name, "int64")
+    }
+
+    /// A contiguous view when the array allows it, else a copy.
+    fn contiguous<'a, T: numpy::Element + Clone>(array: &'a PyReadonlyArray1<'_, T>) -> Cow<'a, [T]> {
+        match array.as_slice() {
+            Ok(slice) => Cow::Borrowed(slice),
+            Err(_) => Cow::Owned(array.as_array().to_vec()),
+        }
+    }
+
+    fn non_negative(name: &str, value: i64) -> PyResult<usize> {
+        usize::try_from(value).map_err(|_| InvalidArgumentError::new_err(format!("{name} must be >= 0, got {value}")))
+    }
+
+    /// Group-relative advantages; see `rust/advantage.rs` for the conventions.
+    #[pyfunction(name = "group_advantages")]
+    #[pyo3(signature = (rewards, group_size, estimator = "grpo", eps = 1e-6))]
+    pub(super) fn py_group_advantages<'py>(
+        py: Python<'py>,
+        rewards: &Bound<'py, PyAny>,
+        group_size: i64,
+        estimator: &str,
+        eps: f64,
+    ) -> PyResult<Float32Array<'py>> {
+        let estimator = Estimator::from_name(estimator)?;
+        let group_size = usize::try_from(group_size)
+            .map_err(|_| GroupSizeError::new_err(format!("group_size must be positive, got {group_size}")))?;
+        let rewards = as_numpy_1d::<f32>(rewards, "rewards", "float32")?;
+        let rewards = contiguous(&rewards);
+        let advantages = py.detach(|| advantage::group_advantages(&rewards, group_size, estimator, eps as f32))?;
+        Ok(PyArray1::from_vec(py, advantages))
+    }
+
+    /// GAE over ragged sequences; returns `(advantages, returns)`.
+    #[pyfunction(name = "gae")]
+    #[pyo3(signature = (rewards, values, lengths, gamma = 1.0, lam = 0.95))]
+    pub(super) fn py_gae<'py>(
+        py: Python<'py>,
+        rewards: &Bound<'py, PyAny>,
+        values: &Bound<'py, PyAny>,
+        lengths: &Bound<'py, PyAny>,
+        gamma: f64,
+        lam: f64,
+    ) -> PyResult<(Float32Array<'py>, Float32Array<'py>)> {
+        let (rewards, values) = (as_numpy_1d::<f32>(rewards, "rewards", "float32")?, as_numpy_1d::<f32>(values, "values", "float32")?);
+        let lengths = as_int64_1d(lengths, "lengths")?;
+        let (rewards, values, lengths) = (contiguous(&rewards), contiguous(&values), contiguous(&lengths));
+        let (advantages, returns) = py.detach(|| advantage::gae(&rewards, &values, &lengths, gamma as f32, lam as f32))?;
+        Ok((PyArray1::from_vec(py, advantages), PyArray1::from_vec(py, returns)))
+    }
+
+    /// One sample's token ids: borrowed from a contiguous int64 array, or copied from anything else.
+    enum TokenIds<'py> {
+        Array(PyReadonlyArray1<'py, TokenId>),
+        Copied(Vec<TokenId>),
+    }
+
+    impl<'py> TokenIds<'py> {
+        fn extract(obj: &Bound<'py, PyAny>, what: impl FnOnce() -> String) -> PyResult<Self> {
+            if let Ok(array) = obj.cast::<PyArray1<TokenId>>() {
+                if array.is_contiguous() {
+                    return Ok(TokenIds::Array(array.readonly()));
+                }
+            }
+            if obj.cast::<numpy::PyUntypedArray>().is_ok() {
+                return Ok(TokenIds::Array(as_int64_1d(obj, &what())?));
+            }
+            if let Some(ids) = obj.cast::<PyList>().ok().and_then(|list| read_int_list(list)) {
+                return Ok(TokenIds::Copied(ids));
+            }
+            obj.extract::<Vec<TokenId>>().map(TokenIds::Copied).map_err(|e| {
+                InvalidArgumentError::new_err(format!("{} must be a sequence of token ids (ints): {e}", what()))
+            })
+        }
+
+        fn as_slice(&self) -> Cow<'_, [TokenId]> {
+            match self {
+                TokenIds::Array(array) => contiguous(array),
+                TokenIds::Copied(ids) => Cow::Borrowed(ids),
+            }
+        }
+    }
+
+    /// A list of Python ints read through the C API. Tokenizers hand over lists of ints, and
+    /// this is ~3x faster than pyo3's generic per-item extraction. None when an item is not an
+    /// int or overflows int64: the caller then takes the general path, which reports the error.
+    fn read_int_list(list: &Bound<'_, PyList>) -> Option<Vec<TokenId>> {
+        let len = list.len();
+        let mut ids = Vec::with_capacity(len);
+        for index in 0..len {
+            // SAFETY: the GIL is held (`list` is a Bound); PyList_GetItem bounds-checks and
+            // returns a borrowed reference (or NULL); only int objects are read, and reading
+            // an int runs no Python code, so the list cannot change during the loop.
+            let value = unsafe {
+                let item = pyo3::ffi::PyList_GetItem(list.as_ptr(), index as pyo3::ffi::Py_ssize_t);
+                if item.is_null() || pyo3::ffi::PyLong_Check(item) == 0 {
+                    pyo3::ffi::PyErr_Clear();
+                    return None;
+                }
+                pyo3::ffi::PyLong_AsLongLong(item)
+            };
+            if value == -1 && PyErr::take(list.py()).is_some() {
+                return None; // OverflowError: let the general path raise it
+            }
+            ids.push(value);
+        }
+        Some(ids)
+    }
+
+    /// One packed batch of judge prompts; every array is int64 except `cu_seqlens` (int32).
+    #[pyclass(frozen, name = "PackedBatch", module = "rlkd._core")]
+    pub(super) struct PyPackedBatch {
+        /// `[rows, width]` padded, or `[total_tokens]` flat in varlen mode.
+        #[pyo3(get)]
+        input_ids: Py<PyAny>,
+        /// `[rows, width]` 0/1; None in varlen mode.
+        #[pyo3(get)]
+        attention_mask: Option<Py<PyAny>>,
+        /// `[rows]` position of each row's last real token (into the flat array in varlen mode).
+        #[pyo3(get)]
+        last_index: Py<PyArray1<i64>>,
+        /// `[rows]` input sample of each row.
+        #[pyo3(get)]
+        sample_index: Py<PyArray1<i64>>,
+        /// `[rows]` real tokens of each row.
+        #[pyo3(get)]
+        lengths: Py<PyArray1<i64>>,
+        /// `[rows + 1]` int32 row offsets in varlen mode, else None.
+        #[pyo3(get)]
+        cu_seqlens: Option<Py<PyArray1<i32>>>,
+        /// `[total_tokens]` positions restarting at 0 per row in varlen mode, else None.
+        #[pyo3(get)]
+        position_ids: Option<Py<PyArray1<i64>>>,
+        /// Rows whose truncated field was shortened.
+        #[pyo3(get)]
+        num_truncated: usize,
+        /// Pad tokens in `input_ids` (0 in varlen mode).
+        #[pyo3(get)]
+        num_padding_tokens: usize,
+        rows: usize,
+    }
+
+    #[pymethods]
+    impl PyPackedBatch {
+        fn __len__(&self) -> usize {
+            self.rows
+        }
+
+        fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+            let shape = self.input_ids.bind(py).getattr("shape")?;
+            Ok(format!(
+                "PackedBatch(rows={}, input_ids.shape={shape}, varlen={}, num_truncated={}, num_padding_tokens={})",
+                self.rows,
+                if self.cu_seqlens.is_some() { "True" } else { "False" },
+                self.num_truncated,
+                self.num_padding_tokens
+            ))
+        }
+    }
+
+    impl PyPackedBatch {
+        fn from_batch(py: Python<'_>, batch: pack::PackedBatch) -> PyResult<Self> {
+            let rows = batch.rows();
+            let (input_ids, attention_mask, cu_seqlens, position_ids) = match batch.layout {
+                Layout::Padded { width, attention_mask } => {
+                    let as_matrix = |v: Vec<i64>| -> PyResult<Py<PyAny>> {
+                        let matrix = Array2::from_shape_vec((rows, width), v)
+                            .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))?;
+                        Ok(matrix.into_pyarray(py).into_any().unbind())
+                    };
+                    (as_matrix(batch.input_ids)?, Some(as_matrix(attention_mask)?), None, None)
+                }
+                Layout::Varlen { cu_seqlens, position_ids } => (
+                    PyArray1::from_vec(py, batch.input_ids).into_any().unbind(),
+                    None,
+                    Some(PyArray1::from_vec(py, cu_seqlens).unbind()),
+                    Some(PyArray1::from_vec(py, position_ids).unbind()),
+                ),
+            };
+            Ok(PyPackedBatch {
+                input_ids,
+                attention_mask,
+                last_index: PyArray1::from_vec(py, batch.last_index).unbind(),
+                sample_index: PyArray1::from_vec(py, batch.sample_index).unbind(),
+                lengths: PyArray1::from_vec(py, batch.lengths).unbind(),
+                cu_seqlens,
+                position_ids,
+                num_truncated: batch.num_truncated,
+                num_padding_tokens: batch.num_padding_tokens,
+                rows,
+            })
+        }
+    }
+
+    /// Packs judge prompts into batches; see `rust/pack.rs` for the conventions.
+    #[pyfunction(name = "pack_judge_prompts")]
+    #[pyo3(signature = (
+        template_pieces, fields, *, max_tokens_per_batch, max_len, pad_id,
+        padding_side = "left", truncate_field = -1, truncation = "keep_end", varlen = false,
+        sort_by_length = true
+    ))]
+    // Spelled out because pyo3 renders the default `-1` as `...` in the generated signature.
+    #[pyo3(
+        text_signature = "(template_pieces, fields, *, max_tokens_per_batch, max_len, pad_id, padding_side='left', truncate_field=-1, truncation='keep_end', varlen=False, sort_by_length=True)"
+    )]
+    #[allow(clippy::too_many_arguments)] // mirrors the documented keyword-only Python signature
+    pub(super) fn py_pack_judge_prompts(
+        py: Python<'_>,
+        template_pieces: &Bound<'_, PyAny>,
+        fields: &Bound<'_, PyAny>,
+        max_tokens_per_batch: i64,
+        max_len: i64,
+        pad_id: i64,
+        padding_side: &str,
+        truncate_field: i64,
+        truncation: &str,
+        varlen: bool,
+        sort_by_length: bool,
+    ) -> PyResult<Vec<PyPackedBatch>> {
+        let options = PackOptions {
+            max_tokens_per_batch: non_negative("max_tokens_per_batch", max_tokens_per_batch)?,
+            max_len: non_negative("max_len", max_len)?,
+            pad_id,
+            padding_side: PaddingSide::from_name(padding_side)?,
+            truncate_field,
+            truncation: Truncation::from_name(truncation)?,
+            varlen,
+            sort_by_length,
+        };
+        // Read everything with the GIL held...
+        let pieces = template_pieces
+            .try_iter()?
+            .enumerate()
+            .map(|(p, piece)| TokenIds::extract(&piece?, || format!("template_pieces[{p}]")))
+            .collect::<PyResult<Vec<_>>>()?;
+        let fields = fields
+            .try_iter()?
+            .enumerate()
+            .map(|(f, field)| {
+                field?
+                    .try_iter()?
+                    .enumerate()
+                    .map(|(i, ids)| TokenIds::extract(&ids?, || format!("fields[{f}][{i}]")))
+                    .collect::<PyResult<Vec<_>>>()
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        let piece_slices: Vec<Cow<'_, [TokenId]>> = pieces.iter().map(TokenIds::as_slice).collect();
+        let field_slices: Vec<Vec<Cow<'_, [TokenId]>>> =
+            fields.iter().map(|field| field.iter().map(TokenIds::as_slice).collect()).collect();
+        // ...then pack without it.
+        let batches = py.detach(|| pack::pack_judge_prompts(&piece_slices, &field_slices, &options))?;
+        batches.into_iter().map(|batch| PyPackedBatch::from_batch(py, batch)).collect()
+    }
+}
 // END numeric kernels
 
 #[pymodule]
@@ -49,6 +357,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // BEGIN register text kernels
     // END register text kernels
     // BEGIN register numeric kernels
+    m.add_function(wrap_pyfunction!(numeric::py_group_advantages, m)?)?;
+    m.add_function(wrap_pyfunction!(numeric::py_gae, m)?)?;
+    m.add_function(wrap_pyfunction!(numeric::py_pack_judge_prompts, m)?)?;
+    m.add_class::<numeric::PyPackedBatch>()?;
     // END register numeric kernels
     Ok(())
 }

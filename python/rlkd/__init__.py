@@ -12,6 +12,9 @@ from rlkd._core import (
     RlkdError,
 )
 
+# numeric kernels: advantages and judge-prompt packing
+from rlkd._core import PackedBatch, gae, group_advantages, pack_judge_prompts
+
 __version__ = _core.__version__
 
 __all__ = [
@@ -20,4 +23,9 @@ __all__ = [
     "LengthMismatchError",
     "PackingError",
     "RlkdError",
+    # numeric kernels
+    "PackedBatch",
+    "gae",
+    "group_advantages",
+    "pack_judge_prompts",
 ]
