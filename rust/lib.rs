@@ -5,6 +5,8 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod error;
+pub mod extract;
+pub mod verify;
 
 #[cfg(feature = "python")]
 mod py;
