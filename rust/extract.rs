@@ -336,6 +336,15 @@ fn last_number(text: &str) -> Option<(usize, usize)> {
         if matches!(before.last(), Some(b',' | b'.' | b'/')) && ok(1) {
             return 1;
         }
+        // A plain space only between digit groups: `96 306 096` (the group after it has 3 digits).
+        let group_after = bytes[end..].iter().take_while(|b| b.is_ascii_digit()).count();
+        if before.last() == Some(&b' ') && ok(1) && group_after == 3 {
+            let group_before = before[..end - 1].iter().rev().take_while(|b| b.is_ascii_digit()).count();
+            let more_before = end - 1 > group_before && before[end - 2 - group_before] == b' ';
+            if group_before <= 3 || more_before {
+                return 1;
+            }
+        }
         0
     };
     let mut start = last_digit;
@@ -350,10 +359,23 @@ fn last_number(text: &str) -> Option<(usize, usize)> {
         }
         start -= sep;
     }
+    let mut end = last_digit + 1;
+    // The denominator of `\frac{a}{b}`: take the whole fraction.
+    if bytes[..start].ends_with(b"}{") && bytes.get(end) == Some(&b'}') {
+        let numerator_end = start - 2;
+        let numerator_start = bytes[..numerator_end].iter().rposition(|b| !b.is_ascii_digit()).map_or(0, |k| k + 1);
+        let head = &bytes[..numerator_start];
+        if numerator_start < numerator_end && head.ends_with(b"{") {
+            let cmd = &head[..head.len() - 1];
+            if let Some(len) = [&b"\\frac"[..], b"\\dfrac", b"\\tfrac"].iter().find(|c| cmd.ends_with(c)).map(|c| c.len()) {
+                start = cmd.len() - len;
+                end += 1;
+            }
+        }
+    }
     if start > 0 && bytes[start - 1] == b'-' {
         start -= 1;
     }
-    let mut end = last_digit + 1;
     if bytes.get(end) == Some(&b'%') {
         end += 1;
     } else if bytes[end..].starts_with(b" percent") {
@@ -396,6 +418,10 @@ mod tests {
     fn fallbacks_and_strict() {
         assert_eq!(ex("Thus there are 1357 ways in total."), Some("1357"));
         assert_eq!(ex("it is -3.5% of it"), Some("-3.5%"));
+        assert_eq!(ex(r"The increase is -\frac{99}{100}."), Some(r"-\frac{99}{100}"));
+        assert_eq!(ex(r"\(\dfrac{1}{2}"), Some(r"\dfrac{1}{2}"));
+        assert_eq!(ex("So it is 96 306 096."), Some("96 306 096"));
+        assert_eq!(ex("It took 1234 567 days"), Some("567"));
         assert_eq!(ex(r"So it is 78\,318\,333 here"), Some(r"78\,318\,333"));
         assert_eq!(ex("pop 1{,}234 and 5\u{2009}000"), Some("5\u{2009}000"));
         assert_eq!(ex(r"So we get $$ \sqrt{12} $$"), Some(r"\sqrt{12}"));

@@ -616,9 +616,21 @@ fn parse_value(toks: &[Tok], depth: usize) -> Value {
         return symbolic(toks);
     }
     // "a and b", "x = 2 or x = -3": a set of the parts.
-    let parts = split_top(toks, |t| is_word(t, "and") || is_word(t, "or"));
-    if parts.len() > 1 && parts.iter().all(|p| !trim_tokens(p).is_empty()) {
-        return collection(parts, depth, Value::Set);
+    let is_conjunction = |t: &Tok| is_word(t, "and") || is_word(t, "or");
+    if split_top(toks, is_conjunction).len() > 1 {
+        // `1, 2, and 3`: commas and conjunctions both separate items.
+        let parts: Vec<&[Tok]> = split_top(toks, |t| is_conjunction(t) || matches!(t, Tok::Ch(',')))
+            .into_iter()
+            .filter(|p| !trim_tokens(p).is_empty())
+            .collect();
+        // Only a list of math values; "some words and x" stays symbolic.
+        let set = collection(parts, depth, Value::Set);
+        if let Value::Set(items) = &set {
+            if items.iter().all(|v| !matches!(v, Value::Text(_) | Value::Symbolic(_))) {
+                return set;
+            }
+        }
+        return symbolic(toks);
     }
     if is_cmd(&toks[0], "pm") && toks.len() > 1 {
         let plus = parse_value(&toks[1..], depth + 1);
@@ -1231,6 +1243,8 @@ mod tests {
         assert_eq!(v(r"\{1, 2, 3\}", r"\boxed{\{3,2,1\}}"), Equal);
         assert_eq!(v(r"\{1, 2, 3\}", r"\boxed{x=1, x=2, x=3}"), Equal);
         assert_eq!(v(r"\{-1, 1\}", r"\boxed{\pm 1}"), Equal);
+        assert_eq!(v(r"\{1, 2, 3\}", r"\boxed{1,2, \text{ and } 3}"), Equal);
+        assert_eq!(v(r"\{-1, 1\}", r"\boxed{1 \text{ and } -1}"), Equal);
         assert_eq!(v(r"(-\infty, 0) \cup (1, \infty)", r"\boxed{(1,\infty)\cup(-\infty,0)}"), Equal);
         assert_eq!(v(r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}", r"\boxed{\begin{bmatrix} 1 \\ 2 \end{bmatrix}}"), Equal);
         assert_eq!(v(r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}", r"\boxed{\begin{pmatrix} 2 \\ 1 \end{pmatrix}}"), NotEqual);

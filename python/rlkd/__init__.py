@@ -12,6 +12,18 @@ from rlkd._core import (
     RlkdError,
 )
 
+# ---- text kernels: answer extraction and verification --------------------------------------
+from rlkd._core import (
+    Verdict,
+    extract_answer,
+    extract_answers,
+    normalize_answer,
+    verify,
+    verify_batch,
+)
+from rlkd.fallback import verify_batch_with_fallback, verify_with_fallback
+# ---- end text kernels ------------------------------------------------------------------------
+
 __version__ = _core.__version__
 
 __all__ = [
@@ -20,4 +32,13 @@ __all__ = [
     "LengthMismatchError",
     "PackingError",
     "RlkdError",
+    # text kernels
+    "Verdict",
+    "extract_answer",
+    "extract_answers",
+    "normalize_answer",
+    "verify",
+    "verify_batch",
+    "verify_batch_with_fallback",
+    "verify_with_fallback",
 ]
