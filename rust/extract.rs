@@ -340,8 +340,7 @@ fn last_number(text: &str) -> Option<(usize, usize)> {
         let group_after = bytes[end..].iter().take_while(|b| b.is_ascii_digit()).count();
         if before.last() == Some(&b' ') && ok(1) && group_after == 3 {
             let group_before = before[..end - 1].iter().rev().take_while(|b| b.is_ascii_digit()).count();
-            let more_before = end - 1 > group_before && before[end - 2 - group_before] == b' ';
-            if group_before <= 3 || more_before {
+            if group_before <= 3 {
                 return 1;
             }
         }
