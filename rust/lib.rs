@@ -6,7 +6,9 @@
 
 pub mod advantage;
 pub mod error;
+pub mod extract;
 pub mod pack;
+pub mod verify;
 
 #[cfg(feature = "python")]
 mod py;

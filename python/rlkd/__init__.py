@@ -14,6 +14,17 @@ from rlkd._core import (
 
 # numeric kernels: advantages and judge-prompt packing
 from rlkd._core import PackedBatch, gae, group_advantages, pack_judge_prompts
+# ---- text kernels: answer extraction and verification --------------------------------------
+from rlkd._core import (
+    Verdict,
+    extract_answer,
+    extract_answers,
+    normalize_answer,
+    verify,
+    verify_batch,
+)
+from rlkd.fallback import verify_batch_with_fallback, verify_with_fallback
+# ---- end text kernels ------------------------------------------------------------------------
 
 __version__ = _core.__version__
 
@@ -28,4 +39,13 @@ __all__ = [
     "gae",
     "group_advantages",
     "pack_judge_prompts",
+    # text kernels
+    "Verdict",
+    "extract_answer",
+    "extract_answers",
+    "normalize_answer",
+    "verify",
+    "verify_batch",
+    "verify_batch_with_fallback",
+    "verify_with_fallback",
 ]

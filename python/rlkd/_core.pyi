@@ -1,5 +1,11 @@
 # Hand-written stub for the Rust extension; checked by `python -m mypy.stubtest rlkd._core`.
 
+from collections.abc import Sequence
+from typing import ClassVar, final
+
+import numpy as np
+import numpy.typing as npt
+
 __version__: str
 
 # pyo3 keeps a runtime __all__; each kernel block below appends its own names.
@@ -87,3 +93,25 @@ def pack_judge_prompts(
     sort_by_length: bool = True,
 ) -> list[PackedBatch]:
     """Pack pieces[0] + fields[0][i] + pieces[1] + ... + pieces[k] per sample into batches."""
+# ---- text kernels: answer extraction and verification --------------------------------------
+
+@final
+class Verdict:
+    """Verdict of `verify`; int values are API: NotEqual=0, Equal=1, Unknown=2, NoAnswer=3."""
+
+    NotEqual: ClassVar[Verdict]
+    Equal: ClassVar[Verdict]
+    Unknown: ClassVar[Verdict]
+    NoAnswer: ClassVar[Verdict]
+    def __int__(self) -> int: ...
+    def __eq__(self, other: object) -> bool: ...
+    def __ne__(self, other: object) -> bool: ...
+    def __hash__(self) -> int: ...
+
+def extract_answer(text: str, strict: bool = False) -> str | None: ...
+def extract_answers(texts: Sequence[str], strict: bool = False) -> list[str | None]: ...
+def normalize_answer(text: str) -> str: ...
+def verify(gold: str, output: str) -> Verdict: ...
+def verify_batch(golds: Sequence[str], outputs: Sequence[str]) -> npt.NDArray[np.int8]: ...
+
+# ---- end text kernels ------------------------------------------------------------------------

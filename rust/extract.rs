@@ -1,0 +1,442 @@
+//! Final-answer extraction from a model's response (kernel 1).
+//!
+//! # Priority order
+//! The first rule that finds something wins; within a rule the LAST occurrence in the text wins.
+//!
+//! 1. `\boxed{..}` / `\fbox{..}` with balanced (nested) braces; escaped braces `\{ \}` do not
+//!    count. An unbalanced box is skipped (the previous balanced one is used). The brace-less
+//!    form `\boxed 5` (up to the next space or `$`) is accepted too.
+//! 2. GSM8K `#### x`: the rest of that line.
+//! 3. An answer phrase, case-insensitive: "... answer is x", "... answer is: x", "Answer: x",
+//!    "Final Answer" followed by the value on the next line, and `A: x` at the start of a line.
+//!    The value is the rest of the line, cut at the first sentence end (". ").
+//! 4. Only when `strict == false`, whichever of these ends later in the text:
+//!    the last closed math span (`$..$`, `$$..$$`, `\(..\)`, `\[..\]`) or the last number
+//!    (sign, digits with `,` groups, decimals, `a/b`, and a trailing `%` / "percent").
+//!
+//! The result is a sub-slice of the input, trimmed of surrounding whitespace, a trailing
+//! `.`/`,`/`;`, wrapping `$`, `\(..\)`, `\[..\]` and `**`. An empty result is `None`.
+//!
+//! # Cost
+//! Every rule is one or two linear scans over the bytes (brace matching is a single stack pass),
+//! so extraction is O(n) on any input: huge, unbalanced, deeply nested or arbitrary unicode.
+//! All slicing happens at ASCII byte positions, which are always UTF-8 char boundaries.
+
+/// Which rule produced an answer (the verifier uses it; Python only sees the text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Boxed,
+    Hashes,
+    Phrase,
+    MathSpan,
+    LastNumber,
+}
+
+/// An extracted answer: the trimmed text and the rule that found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extracted<'a> {
+    pub text: &'a str,
+    pub source: Source,
+}
+
+/// The final answer of `text`, or `None`. See the module doc for the rules.
+pub fn extract_answer(text: &str, strict: bool) -> Option<&str> {
+    extract(text, strict).map(|e| e.text)
+}
+
+/// Like [`extract_answer`], also saying which rule matched.
+pub fn extract(text: &str, strict: bool) -> Option<Extracted<'_>> {
+    let found = |range: Option<(usize, usize)>, source| {
+        range
+            .map(|(a, b)| trim_answer(&text[a..b]))
+            .filter(|t| !t.is_empty())
+            .map(|text| Extracted { text, source })
+    };
+    if let Some(e) = found(last_boxed(text), Source::Boxed) {
+        return Some(e);
+    }
+    if let Some(e) = found(last_hashes(text), Source::Hashes) {
+        return Some(e);
+    }
+    if let Some(e) = found(last_phrase(text), Source::Phrase) {
+        return Some(e);
+    }
+    if strict {
+        return None;
+    }
+    let span = last_math_span(text);
+    let number = last_number(text);
+    match (span, number) {
+        (Some(s), Some(n)) if n.1 > s.1 => found(Some(n), Source::LastNumber),
+        (Some(s), _) => found(Some(s), Source::MathSpan).or_else(|| found(number, Source::LastNumber)),
+        (None, n) => found(n, Source::LastNumber),
+    }
+}
+
+/// Batch extraction (parallel when large), owned strings so it can run without the GIL.
+pub fn extract_answers<S: AsRef<str> + Sync>(texts: &[S], strict: bool) -> Vec<Option<String>> {
+    par_map(texts.len(), |i| extract_answer(texts[i].as_ref(), strict).map(str::to_owned))
+}
+
+/// Below this many items a batch runs on the calling thread (rayon's overhead dominates).
+pub const PARALLEL_THRESHOLD: usize = 256;
+
+/// `(0..n).map(f)`, on rayon's pool when `n` is large.
+pub fn par_map<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync + Send) -> Vec<T> {
+    use rayon::prelude::*;
+    if n < PARALLEL_THRESHOLD {
+        (0..n).map(f).collect()
+    } else {
+        (0..n).into_par_iter().map(f).collect()
+    }
+}
+
+/// Trim whitespace, trailing sentence punctuation and wrapping math delimiters / bold markers.
+pub fn trim_answer(mut s: &str) -> &str {
+    loop {
+        let before = s.len();
+        s = s.trim();
+        s = s.trim_end_matches(['.', ',', ';']);
+        for (open, close) in [("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"), ("**", "**")] {
+            if s.len() >= open.len() + close.len() && s.starts_with(open) && s.ends_with(close) {
+                s = &s[open.len()..s.len() - close.len()];
+            }
+        }
+        // A lone leading/trailing `$` (e.g. "$5" or "5$" after cutting a sentence).
+        if let Some(rest) = s.strip_prefix('$') {
+            if !rest.contains('$') {
+                s = rest;
+            }
+        }
+        if s.ends_with('$') && !s.ends_with("\\$") && !s[..s.len() - 1].contains('$') {
+            s = &s[..s.len() - 1];
+        }
+        if s.len() == before {
+            return s;
+        }
+    }
+}
+
+/// Positions where `needle` (ASCII) occurs, case-sensitive, in one pass.
+fn find_all<'a>(hay: &'a [u8], needle: &'a [u8]) -> impl Iterator<Item = usize> + 'a {
+    memchr::memmem::find_iter(hay, needle)
+}
+
+/// Content range of the last balanced `\boxed{..}` / `\fbox{..}` (or `\boxed x`).
+fn last_boxed(text: &str) -> Option<(usize, usize)> {
+    let bytes = text.as_bytes();
+    // Candidate commands: (position of '{' or start of the brace-less token, is_braced).
+    let mut candidates: Vec<(usize, bool)> = Vec::new();
+    for cmd in [&b"\\boxed"[..], &b"\\fbox"[..]] {
+        for pos in find_all(bytes, cmd) {
+            let after = pos + cmd.len();
+            // `\boxedfoo` is another command.
+            if bytes.get(after).is_some_and(|b| b.is_ascii_alphabetic()) {
+                continue;
+            }
+            let mut i = after;
+            while bytes.get(i).is_some_and(|b| *b == b' ') {
+                i += 1;
+            }
+            match bytes.get(i) {
+                Some(b'{') => candidates.push((i, true)),
+                Some(_) if i > after => candidates.push((i, false)),
+                _ => {}
+            }
+        }
+    }
+    if candidates.is_empty() {
+        return None;
+    }
+    candidates.sort_unstable();
+    let is_candidate = |pos: usize| candidates.binary_search(&(pos, true)).is_ok();
+    // One pass of brace matching; remember the close of every candidate brace.
+    let mut stack: Vec<usize> = Vec::new();
+    let mut closes: Vec<(usize, usize)> = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' if matches!(bytes.get(i + 1), Some(b'{' | b'}' | b'\\')) => i += 1,
+            b'{' => stack.push(i),
+            b'}' => {
+                if let Some(open) = stack.pop() {
+                    if is_candidate(open) {
+                        closes.push((open, i));
+                    }
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    closes.sort_unstable();
+    for &(start, braced) in candidates.iter().rev() {
+        if braced {
+            if let Ok(k) = closes.binary_search_by_key(&start, |c| c.0) {
+                return Some((start + 1, closes[k].1));
+            }
+        } else {
+            let len = bytes[start..]
+                .iter()
+                .position(|b| b.is_ascii_whitespace() || *b == b'$')
+                .unwrap_or(bytes.len() - start);
+            if len > 0 {
+                return Some((start, start + len));
+            }
+        }
+    }
+    None
+}
+
+/// The rest of the line after the last `####`.
+fn last_hashes(text: &str) -> Option<(usize, usize)> {
+    let bytes = text.as_bytes();
+    let pos = memchr::memmem::rfind(bytes, b"####")?;
+    let mut start = pos + 4;
+    while bytes.get(start) == Some(&b'#') {
+        start += 1;
+    }
+    Some((start, line_end(bytes, start)))
+}
+
+fn line_end(bytes: &[u8], from: usize) -> usize {
+    memchr::memchr(b'\n', &bytes[from..]).map_or(bytes.len(), |k| from + k)
+}
+
+fn skip_while(bytes: &[u8], mut i: usize, pred: impl Fn(u8) -> bool) -> usize {
+    while i < bytes.len() && pred(bytes[i]) {
+        i += 1;
+    }
+    i
+}
+
+/// The value after the last answer phrase (see rule 3).
+fn last_phrase(text: &str) -> Option<(usize, usize)> {
+    let bytes = text.as_bytes();
+    let lower: Vec<u8> = bytes.iter().map(u8::to_ascii_lowercase).collect();
+    let mut best: Option<(usize, usize, usize)> = None; // (marker position, value start, value end)
+    let mut consider = |marker: usize, value_start: usize| {
+        let (a, b) = phrase_value(bytes, value_start);
+        if b > a && best.is_none_or(|(m, _, _)| marker > m) {
+            best = Some((marker, a, b));
+        }
+    };
+    // Only the last few "answer" words can matter; scan them from the end.
+    let answers: Vec<usize> = find_all(&lower, b"answer").collect();
+    for &pos in answers.iter().rev() {
+        if pos > 0 && lower[pos - 1].is_ascii_alphabetic() {
+            continue; // e.g. "manswer"
+        }
+        let mut i = pos + 6;
+        if lower.get(i) == Some(&b's') {
+            i += 1; // "answers:" / "answers are" are treated alike
+        }
+        i = skip_while(&lower, i, |b| b == b'*' || b == b' ');
+        let rest = &lower[i..];
+        let value_start = if rest.starts_with(b"is") || rest.starts_with(b"are") || rest.starts_with(b"=") {
+            let word = if rest.starts_with(b"is") { 2 } else if rest.starts_with(b"are") { 3 } else { 1 };
+            if lower.get(i + word).is_some_and(|b| b.is_ascii_alphabetic()) {
+                continue; // "isn't", "island"
+            }
+            Some(skip_while(&lower, i + word, |b| matches!(b, b' ' | b':' | b'*')))
+        } else if rest.starts_with(b":") {
+            Some(skip_while(&lower, i + 1, |b| matches!(b, b' ' | b'*')))
+        } else if rest.starts_with(b"\n") && pos >= 6 && lower[..pos].ends_with(b"final ") {
+            Some(i)
+        } else {
+            None
+        };
+        if let Some(v) = value_start {
+            consider(pos, v);
+            break;
+        }
+    }
+    // "A: x" at the start of a line.
+    for pos in find_all(bytes, b"A:") {
+        if pos == 0 || bytes[pos - 1] == b'\n' {
+            consider(pos, skip_while(bytes, pos + 2, |b| b == b' '));
+        }
+    }
+    best.map(|(_, a, b)| (a, b))
+}
+
+/// Value range starting at `start`: the rest of the line (or the next non-empty line when the
+/// line is empty), cut at the first sentence end.
+fn phrase_value(bytes: &[u8], start: usize) -> (usize, usize) {
+    let mut a = skip_while(bytes, start, |b| b == b' ' || b == b'\t' || b == b'\r');
+    if bytes.get(a) == Some(&b'\n') {
+        a = skip_while(bytes, a, |b| b.is_ascii_whitespace());
+    }
+    let mut end = line_end(bytes, a);
+    if let Some(k) = memchr::memmem::find(&bytes[a..end], b". ") {
+        end = a + k;
+    }
+    (a, end)
+}
+
+/// Content range of the last closed math span.
+fn last_math_span(text: &str) -> Option<(usize, usize)> {
+    let bytes = text.as_bytes();
+    #[derive(Clone, Copy, PartialEq)]
+    enum Open {
+        Dollar,
+        DoubleDollar,
+        Paren,
+        Bracket,
+    }
+    let mut open: Option<(Open, usize)> = None;
+    let mut last = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        let next = bytes.get(i + 1).copied();
+        let (token, width) = match (b, next) {
+            (b'\\', Some(b'$')) => {
+                i += 2;
+                continue;
+            }
+            (b'\\', Some(b'(')) => (Some((Open::Paren, true)), 2),
+            (b'\\', Some(b')')) => (Some((Open::Paren, false)), 2),
+            (b'\\', Some(b'[')) => (Some((Open::Bracket, true)), 2),
+            (b'\\', Some(b']')) => (Some((Open::Bracket, false)), 2),
+            (b'$', Some(b'$')) => (Some((Open::DoubleDollar, open.is_none())), 2),
+            (b'$', _) => (Some((Open::Dollar, open.is_none())), 1),
+            (b'\\', Some(_)) => (None, 2),
+            _ => (None, 1),
+        };
+        if let Some((kind, opening)) = token {
+            match open {
+                None if opening => open = Some((kind, i + width)),
+                Some((k, start)) if !opening && k == kind => {
+                    last = Some((start, i));
+                    open = None;
+                }
+                _ => {}
+            }
+        }
+        i += width;
+    }
+    last
+}
+
+/// Range of the last number token (see rule 4).
+fn last_number(text: &str) -> Option<(usize, usize)> {
+    let bytes = text.as_bytes();
+    let last_digit = bytes.iter().rposition(u8::is_ascii_digit)?;
+    // Separators allowed between digits: `,` `.` `/`, and digit-group marks `\,` `{,}` and
+    // the UTF-8 thin / narrow no-break spaces. Returns the separator's length ending at `end`.
+    let separator_before = |end: usize| -> usize {
+        let before = &bytes[..end];
+        let ok = |len: usize| end > len && bytes[end - len - 1].is_ascii_digit();
+        for sep in [&b"\\,"[..], b"{,}", "\u{2009}".as_bytes(), "\u{202F}".as_bytes()] {
+            if before.ends_with(sep) && ok(sep.len()) {
+                return sep.len();
+            }
+        }
+        if matches!(before.last(), Some(b',' | b'.' | b'/')) && ok(1) {
+            return 1;
+        }
+        // A plain space only between digit groups: `96 306 096` (the group after it has 3 digits).
+        let group_after = bytes[end..].iter().take_while(|b| b.is_ascii_digit()).count();
+        if before.last() == Some(&b' ') && ok(1) && group_after == 3 {
+            let group_before = before[..end - 1].iter().rev().take_while(|b| b.is_ascii_digit()).count();
+            if group_before <= 3 {
+                return 1;
+            }
+        }
+        0
+    };
+    let mut start = last_digit;
+    loop {
+        if start > 0 && bytes[start - 1].is_ascii_digit() {
+            start -= 1;
+            continue;
+        }
+        let sep = separator_before(start);
+        if sep == 0 {
+            break;
+        }
+        start -= sep;
+    }
+    let mut end = last_digit + 1;
+    // The denominator of `\frac{a}{b}`: take the whole fraction.
+    if bytes[..start].ends_with(b"}{") && bytes.get(end) == Some(&b'}') {
+        let numerator_end = start - 2;
+        let numerator_start = bytes[..numerator_end].iter().rposition(|b| !b.is_ascii_digit()).map_or(0, |k| k + 1);
+        let head = &bytes[..numerator_start];
+        if numerator_start < numerator_end && head.ends_with(b"{") {
+            let cmd = &head[..head.len() - 1];
+            if let Some(len) = [&b"\\frac"[..], b"\\dfrac", b"\\tfrac"].iter().find(|c| cmd.ends_with(c)).map(|c| c.len()) {
+                start = cmd.len() - len;
+                end += 1;
+            }
+        }
+    }
+    if start > 0 && bytes[start - 1] == b'-' {
+        start -= 1;
+    }
+    if bytes.get(end) == Some(&b'%') {
+        end += 1;
+    } else if bytes[end..].starts_with(b" percent") {
+        end += 8;
+    }
+    Some((start, end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ex(s: &str) -> Option<&str> {
+        extract_answer(s, false)
+    }
+
+    #[test]
+    fn boxed_last_and_nested() {
+        assert_eq!(ex(r"so \boxed{1} and then \boxed{\frac{1}{2}}."), Some(r"\frac{1}{2}"));
+        assert_eq!(ex(r"\fbox{42}"), Some("42"));
+        assert_eq!(ex(r"$\boxed{\{1,2\}}$"), Some(r"\{1,2\}"));
+        assert_eq!(ex(r"\boxed 5$ done"), Some("5"));
+        assert_eq!(ex(r"\boxed{7} then \boxed{{{{1"), Some("7"));
+        assert_eq!(ex(r"\boxed{\boxed{\boxed{3}}}"), Some("3"));
+    }
+
+    #[test]
+    fn hashes_and_phrases() {
+        assert_eq!(ex("work <<2*3=6>>6\n#### 1,000\n"), Some("1,000"));
+        assert_eq!(ex("So the final answer is 3439. I hope it is correct."), Some("3439"));
+        assert_eq!(ex("Therefore, the answer is: 12."), Some("12"));
+        assert_eq!(ex("ANSWER: 3462"), Some("3462"));
+        assert_eq!(ex("**Final Answer**\n2929"), Some("2929"));
+        assert_eq!(ex("Q: what?\nA: 17 apples"), Some("17 apples"));
+        assert_eq!(ex(r"Final answer: \( 0.99 \)"), Some("0.99"));
+        assert_eq!(ex(r"so the answer is \$1560."), Some(r"\$1560"));
+    }
+
+    #[test]
+    fn fallbacks_and_strict() {
+        assert_eq!(ex("Thus there are 1357 ways in total."), Some("1357"));
+        assert_eq!(ex("it is -3.5% of it"), Some("-3.5%"));
+        assert_eq!(ex(r"The increase is -\frac{99}{100}."), Some(r"-\frac{99}{100}"));
+        assert_eq!(ex(r"\(\dfrac{1}{2}"), Some(r"\dfrac{1}{2}"));
+        assert_eq!(ex("So it is 96 306 096."), Some("96 306 096"));
+        assert_eq!(ex("It took 1234 567 days"), Some("567"));
+        assert_eq!(ex(r"So it is 78\,318\,333 here"), Some(r"78\,318\,333"));
+        assert_eq!(ex("pop 1{,}234 and 5\u{2009}000"), Some("5\u{2009}000"));
+        assert_eq!(ex(r"So we get $$ \sqrt{12} $$"), Some(r"\sqrt{12}"));
+        assert_eq!(extract_answer("Thus there are 1357 ways.", true), None);
+        assert_eq!(ex("no digits here"), None);
+        assert_eq!(ex(""), None);
+        assert_eq!(ex(r"\boxed{}"), None);
+    }
+
+    #[test]
+    fn hostile_inputs_do_not_panic() {
+        let deep = "{".repeat(100_000) + &"}".repeat(99_999);
+        assert_eq!(ex(&format!(r"\boxed{{{deep}")), None);
+        let many = r"\boxed{".repeat(50_000);
+        assert!(ex(&many).is_none());
+        assert_eq!(ex("é😀#### ü"), Some("ü"));
+        assert_eq!(ex("$$$$$$$$$$$$ 7"), Some("7"));
+    }
+}

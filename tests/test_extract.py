@@ -1,0 +1,81 @@
+"""Answer extraction (kernel 1) through the public Python API, plus the GSM8K proof."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rlkd import extract_answer, extract_answers
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (r"first \boxed{1} then \boxed{\frac{1}{2}}.", r"\frac{1}{2}"),
+        (r"\fbox{42}", "42"),
+        (r"\boxed{\{1, 2\}}", r"\{1, 2\}"),
+        ("work <<2*3=6>>6\n#### 1,000", "1,000"),
+        ("So the final answer is 3439. I hope it is correct.", "3439"),
+        ("Therefore, the answer is: 12.", "12"),
+        ("Answer: 768 miles", "768 miles"),
+        ("Q: how many?\nA: 17", "17"),
+        ("**Final Answer**\n2929", "2929"),
+        ("Thus there are 1357 ways in total.", "1357"),
+        (r"So we get $$ \sqrt{12} $$", r"\sqrt{12}"),
+        ("The answer is $5$.", "5"),
+    ],
+)
+def test_forms(text: str, expected: str) -> None:
+    assert extract_answer(text) == expected
+
+
+def test_strict_turns_off_the_fallbacks() -> None:
+    assert extract_answer("Thus there are 1357 ways.") == "1357"
+    assert extract_answer("Thus there are 1357 ways.", strict=True) is None
+    assert extract_answer(r"\boxed{3}", strict=True) == "3"
+    assert extract_answer("", strict=False) is None
+    assert extract_answer("no number at all") is None
+
+
+def test_hostile_inputs_return_quickly() -> None:
+    assert extract_answer("\\boxed{" * 100_000) is None
+    assert extract_answer("{" * 200_000 + "1") == "1"
+    assert extract_answer("é😀\x00#### ü\udcff".encode("utf-8", "surrogatepass").decode("utf-8", "replace")) is not None
+
+
+def test_batch_matches_scalar() -> None:
+    texts = [f"step {i}\n#### {i * 7}" if i % 3 else f"no answer {i}" for i in range(2000)]
+    for strict in (False, True):
+        assert extract_answers(texts, strict=strict) == [extract_answer(t, strict=strict) for t in texts]
+    assert extract_answers([]) == []
+    with pytest.raises(TypeError):
+        extract_answers("not a list of strings")  # type: ignore[arg-type]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=400))
+def test_any_text_extracts_without_error(text: str) -> None:
+    out = extract_answer(text)
+    assert out is None or (out and out == out.strip())
+    assert extract_answers([text]) == [out]
+
+
+def _rows(path: Path) -> list[dict]:
+    if not path.exists():
+        pytest.skip(f"{path} not found (the shared data directory is absent)")
+    with path.open() as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_gsm8k_extraction_matches_the_marker(split: str) -> None:
+    rows = _rows(DATA / "gsm8k" / f"{split}.jsonl")
+    answers = [r["answer"] for r in rows]
+    golds = [a.split("#### ")[-1].strip() for a in answers]
+    assert extract_answers(answers) == golds
