@@ -146,7 +146,12 @@ class SingleTokenJudge:
                 f"judge: yes_words {list(yes_words)} and no_words {list(no_words)} share first tokens "
                 f"{sorted(set(self.yes_ids) & set(self.no_ids))} in this tokenizer"
             )
-        self._piece_ids = [self._encode(p) for p in self.prompt.pieces]
+        # BPE tokenizers attach a space to the word after it ("Question: What" -> ": ", " What"),
+        # so a piece's trailing spaces are tokenized with the field that follows it: the packed
+        # ids then match tokenizing the whole rendered prompt at those boundaries.
+        stripped = [p.rstrip(" ") for p in self.prompt.pieces[:-1]] + [self.prompt.pieces[-1]]
+        self._field_lead = [p[len(q):] for p, q in zip(self.prompt.pieces[:-1], stripped)]
+        self._piece_ids = [self._encode(p) for p in stripped]
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self._response_field = self.prompt.fields.index("response")
 
@@ -176,7 +181,10 @@ class SingleTokenJudge:
         if self.needs_reference and (references is None or len(references) != n):
             raise JudgeError("judge.score: this template needs one reference per response")
         values = {"question": questions, "response": responses, "reference": references or [""] * n}
-        field_ids = [[self._encode(text) for text in values[name]] for name in self.prompt.fields]
+        field_ids = [
+            [self._encode(lead + text) for text in values[name]]
+            for name, lead in zip(self.prompt.fields, self._field_lead)
+        ]
         batches = _core.pack_judge_prompts(
             self._piece_ids,
             field_ids,
