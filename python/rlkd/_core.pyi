@@ -6,6 +6,15 @@ from typing import ClassVar, final
 import numpy as np
 import numpy.typing as npt
 
+__all__ = [
+    "__version__",
+    "RlkdError",
+    "GroupSizeError",
+    "LengthMismatchError",
+    "PackingError",
+    "InvalidArgumentError",
+]
+
 __version__: str
 
 class RlkdError(ValueError): ...
@@ -16,6 +25,8 @@ class InvalidArgumentError(RlkdError): ...
 
 # ---- text kernels: answer extraction and verification --------------------------------------
 
+__all__ += ["Verdict", "extract_answer", "extract_answers", "normalize_answer", "verify", "verify_batch"]
+
 @final
 class Verdict:
     """Verdict of `verify`; int values are API: NotEqual=0, Equal=1, Unknown=2, NoAnswer=3."""
@@ -25,8 +36,8 @@ class Verdict:
     Unknown: ClassVar[Verdict]
     NoAnswer: ClassVar[Verdict]
     def __int__(self) -> int: ...
-    def __eq__(self, other: object) -> bool: ...
-    def __ne__(self, other: object) -> bool: ...
+    def __eq__(self, value: object, /) -> bool: ...
+    def __ne__(self, value: object, /) -> bool: ...
     def __hash__(self) -> int: ...
 
 def extract_answer(text: str, strict: bool = False) -> str | None: ...
