@@ -213,7 +213,6 @@ fn skip_while(bytes: &[u8], mut i: usize, pred: impl Fn(u8) -> bool) -> usize {
 /// The value after the last answer phrase (see rule 3).
 fn last_phrase(text: &str) -> Option<(usize, usize)> {
     let bytes = text.as_bytes();
-    let lower: Vec<u8> = bytes.iter().map(u8::to_ascii_lowercase).collect();
     let mut best: Option<(usize, usize, usize)> = None; // (marker position, value start, value end)
     let mut consider = |marker: usize, value_start: usize| {
         let (a, b) = phrase_value(bytes, value_start);
@@ -221,27 +220,33 @@ fn last_phrase(text: &str) -> Option<(usize, usize)> {
             best = Some((marker, a, b));
         }
     };
-    // Only the last few "answer" words can matter; scan them from the end.
-    let answers: Vec<usize> = find_all(&lower, b"answer").collect();
+    // "answer" / "Answer" / "ANSWER", found without lower-casing a copy of the text.
+    let mut answers: Vec<usize> = find_all(bytes, b"nswer")
+        .chain(find_all(bytes, b"NSWER"))
+        .filter(|&k| k > 0 && bytes[k - 1].eq_ignore_ascii_case(&b'a'))
+        .map(|k| k - 1)
+        .collect();
+    answers.sort_unstable();
+    let starts_ci = |at: usize, word: &[u8]| bytes.get(at..at + word.len()).is_some_and(|w| w.eq_ignore_ascii_case(word));
+    // The last "answer" that is followed by a value marker wins.
     for &pos in answers.iter().rev() {
-        if pos > 0 && lower[pos - 1].is_ascii_alphabetic() {
+        if pos > 0 && bytes[pos - 1].is_ascii_alphabetic() {
             continue; // e.g. "manswer"
         }
         let mut i = pos + 6;
-        if lower.get(i) == Some(&b's') {
+        if bytes.get(i).is_some_and(|b| b.eq_ignore_ascii_case(&b's')) {
             i += 1; // "answers:" / "answers are" are treated alike
         }
-        i = skip_while(&lower, i, |b| b == b'*' || b == b' ');
-        let rest = &lower[i..];
-        let value_start = if rest.starts_with(b"is") || rest.starts_with(b"are") || rest.starts_with(b"=") {
-            let word = if rest.starts_with(b"is") { 2 } else if rest.starts_with(b"are") { 3 } else { 1 };
-            if lower.get(i + word).is_some_and(|b| b.is_ascii_alphabetic()) {
+        i = skip_while(bytes, i, |b| b == b'*' || b == b' ');
+        let verb = [&b"is"[..], b"are", b"="].into_iter().find(|w| starts_ci(i, w)).map(<[u8]>::len);
+        let value_start = if let Some(word) = verb {
+            if bytes.get(i + word).is_some_and(|b| b.is_ascii_alphabetic()) {
                 continue; // "isn't", "island"
             }
-            Some(skip_while(&lower, i + word, |b| matches!(b, b' ' | b':' | b'*')))
-        } else if rest.starts_with(b":") {
-            Some(skip_while(&lower, i + 1, |b| matches!(b, b' ' | b'*')))
-        } else if rest.starts_with(b"\n") && pos >= 6 && lower[..pos].ends_with(b"final ") {
+            Some(skip_while(bytes, i + word, |b| matches!(b, b' ' | b':' | b'*')))
+        } else if bytes.get(i) == Some(&b':') {
+            Some(skip_while(bytes, i + 1, |b| matches!(b, b' ' | b'*')))
+        } else if bytes.get(i) == Some(&b'\n') && pos >= 6 && bytes[pos - 6..pos].eq_ignore_ascii_case(b"final ") {
             Some(i)
         } else {
             None

@@ -52,9 +52,9 @@ pub enum Verdict {
 }
 
 /// Nesting deeper than this (brackets, fractions, tuples) is not decided.
-pub const MAX_DEPTH: usize = 48;
+pub const MAX_DEPTH: usize = 32;
 /// Sets, tuples and matrices larger than this are not decided (keeps comparison cheap).
-const MAX_ELEMENTS: usize = 256;
+const MAX_ELEMENTS: usize = 64;
 
 /// Verdict for one (gold, output) pair. `gold` first: see the module doc.
 pub fn verify(gold: &str, output: &str) -> Verdict {
@@ -292,14 +292,7 @@ impl Lexer<'_> {
         self.chars.get(self.i + k).copied()
     }
     fn starts_with(&self, s: &str) -> bool {
-        let mut k = self.i;
-        for c in s.chars() {
-            if self.chars.get(k) != Some(&c) {
-                return false;
-            }
-            k += 1;
-        }
-        true
+        s.chars().enumerate().all(|(k, c)| self.chars.get(self.i + k) == Some(&c))
     }
     fn in_text(&self) -> bool {
         self.braces.iter().any(|t| *t)
@@ -429,7 +422,7 @@ impl Lexer<'_> {
                 let g = self.i + sep;
                 let three = (0..3).all(|k| self.chars.get(g + k).is_some_and(char::is_ascii_digit));
                 let fourth = self.chars.get(g + 3).is_some_and(char::is_ascii_digit);
-                if !(three && !fourth) {
+                if !three || fourth {
                     break;
                 }
                 int.extend(&self.chars[g..g + 3]);
@@ -469,12 +462,21 @@ impl Lexer<'_> {
                 self.i = end;
             }
         }
-        let digits = format!("{int}{}{frac}", if float { "." } else { "" });
         let value = (|| {
-            let mantissa: i128 = format!("{int}{frac}").parse().ok()?;
-            let scale = Rational::pow10(exp.checked_sub(frac.len() as i128)?)?;
-            Rational::int(mantissa).mul(scale)
+            let mantissa = int.chars().chain(frac.chars()).try_fold(0i128, |acc, d| {
+                acc.checked_mul(10)?.checked_add(i128::from(d.to_digit(10)?))
+            })?;
+            let exp = exp.checked_sub(frac.len() as i128)?;
+            if exp == 0 {
+                return Some(Rational::int(mantissa));
+            }
+            Rational::int(mantissa).mul(Rational::pow10(exp)?)
         })();
+        let mut digits = int;
+        if float {
+            digits.push('.');
+            digits.push_str(&frac);
+        }
         self.out.push(Tok::Num { value, float, digits });
     }
 }
@@ -516,7 +518,26 @@ fn parse_answer(text: &str) -> Option<Value> {
     if toks.is_empty() {
         return None;
     }
+    // Deeper bracket nesting than MAX_DEPTH is not decided: checking it once up front keeps
+    // the structural parse (a few scans per level) linear in practice.
+    if max_nesting(toks) > MAX_DEPTH {
+        return Some(symbolic(toks));
+    }
     Some(parse_value(toks, 0))
+}
+
+fn max_nesting(toks: &[Tok]) -> usize {
+    let mut depth = 0usize;
+    let mut max = 0;
+    for t in toks {
+        if opens(t) {
+            depth += 1;
+            max = max.max(depth);
+        } else if closes(t) {
+            depth = depth.saturating_sub(1);
+        }
+    }
+    max
 }
 
 /// Drop sentence punctuation at the ends.
@@ -538,7 +559,7 @@ fn closes(t: &Tok) -> bool {
 }
 
 /// Split at top-level tokens matching `is_sep`.
-fn split_top<'t>(toks: &'t [Tok], is_sep: impl Fn(&Tok) -> bool) -> Vec<&'t [Tok]> {
+fn split_top(toks: &[Tok], is_sep: impl Fn(&Tok) -> bool) -> Vec<&[Tok]> {
     let mut parts = Vec::new();
     let mut depth = 0i64;
     let mut start = 0;
@@ -1282,5 +1303,143 @@ mod tests {
     fn batch_length_mismatch() {
         assert!(verify_batch(&["1"], &["1", "2"]).is_err());
         assert_eq!(verify_batch(&["1", "2"], &["1", "3"]), Ok(vec![Equal, NotEqual]));
+    }
+}
+
+/// Deterministic fuzzing: extraction and verification on generated inputs must never panic
+/// and each call must stay under 1 ms (`cargo test --release`; the debug build runs fewer).
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::extract::extract_answer;
+    use std::time::{Duration, Instant};
+
+    /// xorshift64*: tiny, deterministic, good enough to mix inputs.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    const PIECES: &[&str] = &[
+        r"\boxed{", r"\fbox{", "{", "}", r"\frac", r"\dfrac", "12", "3.5", "0", "7", ",", "$", "$$",
+        r"\left(", r"\right)", "(", ")", "[", "]", r"\{", r"\}", "#### ", "The answer is ", "Answer: ",
+        "\nA: ", "%", r"\%", "^", r"^\circ", r"\text{ kg}", r"\pm", r"\cup", r"\infty", "-", "+", "/",
+        "=", "x", " and ", r"\sqrt", "!", "e5", " ", "\n", r"\,", "{,}", r"\begin{pmatrix}",
+        r"\end{pmatrix}", "&", r"\\", "é", "😀", "\u{2009}", ".", r"\(", r"\)", r"\[", r"\]", "**",
+        r"\cdot", r"\times", "10^{3}", "999999999999999999999", "1,000", " percent", r"\mathrm{m}",
+    ];
+
+    fn random_unicode(rng: &mut Rng) -> String {
+        let len = rng.below(120);
+        (0..len)
+            .map(|_| match rng.below(4) {
+                0 => char::from(rng.below(128) as u8),
+                1 => char::from_u32(rng.below(0x800) as u32).unwrap_or('?'),
+                2 => char::from_u32(rng.below(0x11_0000) as u32).unwrap_or('\u{FFFD}'),
+                _ => ['{', '}', '\\', '$', '#', '(', ')', ','][rng.below(8)],
+            })
+            .collect()
+    }
+
+    fn token_soup(rng: &mut Rng) -> String {
+        let len = rng.below(40);
+        (0..len).map(|_| PIECES[rng.below(PIECES.len())]).collect()
+    }
+
+    fn deep_nesting(rng: &mut Rng) -> String {
+        let depth = 1 + rng.below(200);
+        let (open, close) = [("{", "}"), ("(", ")"), (r"\frac{1}{1+", "}"), (r"\boxed{", "}"), (r"\left(", r"\right)"), (r"\sqrt{", "}"), (r"\{", r"\}")][rng.below(7)];
+        let closes = if rng.below(2) == 0 { depth } else { rng.below(depth + 1) };
+        format!("The answer is ${}{}{}$", open.repeat(depth), 1 + rng.below(9), close.repeat(closes))
+    }
+
+    fn input(rng: &mut Rng) -> String {
+        match rng.below(3) {
+            0 => random_unicode(rng),
+            1 => token_soup(rng),
+            _ => deep_nesting(rng),
+        }
+    }
+
+    /// Time of `f`; a run over `recheck` is re-measured (minimum of 5, after short pauses) so
+    /// that a scheduler preemption on a shared machine is not mistaken for a slow input.
+    fn timed(recheck: Duration, mut f: impl FnMut()) -> Duration {
+        let once = |f: &mut dyn FnMut()| {
+            let t = Instant::now();
+            f();
+            t.elapsed()
+        };
+        let first = once(&mut f);
+        if first <= recheck {
+            return first;
+        }
+        (0..5)
+            .map(|_| {
+                std::thread::sleep(Duration::from_millis(2)); // step out of a preemption burst
+                once(&mut f)
+            })
+            .min()
+            .unwrap_or(first)
+    }
+
+    #[test]
+    fn a_million_generated_inputs_without_panic_each_under_1ms() {
+        let n: usize = if cfg!(debug_assertions) { 20_000 } else { 1_000_000 };
+        let limit = Duration::from_millis(1);
+        let recheck = limit / 5;
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut worst = (Duration::ZERO, String::new());
+        let mut verdicts = [0usize; 4];
+        for _ in 0..n {
+            let output = input(&mut rng);
+            let gold = if rng.below(2) == 0 { token_soup(&mut rng) } else { (rng.below(1000)).to_string() };
+            let strict = rng.below(2) == 0;
+            let t = timed(recheck, || {
+                let _ = std::hint::black_box(extract_answer(&output, strict));
+            });
+            let mut verdict = Verdict::Unknown;
+            let u = timed(recheck, || verdict = verify(&gold, &output));
+            verdicts[verdict as usize] += 1;
+            for (d, what) in [(t, &output), (u, &output)] {
+                if d > worst.0 {
+                    worst = (d, what.clone());
+                }
+            }
+        }
+        eprintln!("fuzz: {n} inputs (extract + verify each), worst call {:?}, verdicts {verdicts:?}", worst.0);
+        if let Ok(path) = std::env::var("RLKD_FUZZ_WORST") {
+            let _ = std::fs::write(path, &worst.1);
+        }
+        if !cfg!(debug_assertions) {
+            assert!(worst.0 < limit, "slowest call {:?} on {:?}", worst.0, worst.1.chars().take(200).collect::<String>());
+        }
+    }
+
+    #[test]
+    fn huge_inputs_are_linear() {
+        let big = [
+            "{".repeat(1_000_000),
+            r"\boxed{".repeat(200_000),
+            "(".repeat(500_000) + "1" + &")".repeat(500_000),
+            "1,".repeat(500_000),
+            "$".repeat(1_000_000),
+            "Answer: ".repeat(100_000),
+            "😀é".repeat(300_000),
+        ];
+        for text in &big {
+            let t = Instant::now();
+            let _ = extract_answer(text, false);
+            let _ = verify("1", text);
+            let _ = verify(text, text);
+            assert!(t.elapsed() < Duration::from_secs(2), "{:?} on a {}-byte input", t.elapsed(), text.len());
+        }
     }
 }

@@ -69,7 +69,7 @@ def load_rows() -> list[dict]:
 def test_corpus_agreement_with_math_verify(capsys: pytest.CaptureFixture[str]) -> None:
     rows = load_rows()
     considered = [r for r in rows if not r["timed_out"]]
-    verdicts = collections.Counter()
+    verdicts: collections.Counter[Verdict] = collections.Counter()
     decided = agree = 0
     excluded: collections.Counter[str] = collections.Counter()
     disagreements: collections.Counter[str] = collections.Counter()

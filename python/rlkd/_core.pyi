@@ -6,6 +6,15 @@ from typing import ClassVar, final
 import numpy as np
 import numpy.typing as npt
 
+__all__ = [
+    "__version__",
+    "RlkdError",
+    "GroupSizeError",
+    "LengthMismatchError",
+    "PackingError",
+    "InvalidArgumentError",
+]
+
 __version__: str
 
 # pyo3 keeps a runtime __all__; each kernel block below appends its own names.
@@ -95,6 +104,8 @@ def pack_judge_prompts(
     """Pack pieces[0] + fields[0][i] + pieces[1] + ... + pieces[k] per sample into batches."""
 # ---- text kernels: answer extraction and verification --------------------------------------
 
+__all__ += ["Verdict", "extract_answer", "extract_answers", "normalize_answer", "verify", "verify_batch"]
+
 @final
 class Verdict:
     """Verdict of `verify`; int values are API: NotEqual=0, Equal=1, Unknown=2, NoAnswer=3."""
@@ -104,8 +115,8 @@ class Verdict:
     Unknown: ClassVar[Verdict]
     NoAnswer: ClassVar[Verdict]
     def __int__(self) -> int: ...
-    def __eq__(self, other: object) -> bool: ...
-    def __ne__(self, other: object) -> bool: ...
+    def __eq__(self, value: object, /) -> bool: ...
+    def __ne__(self, value: object, /) -> bool: ...
     def __hash__(self) -> int: ...
 
 def extract_answer(text: str, strict: bool = False) -> str | None: ...

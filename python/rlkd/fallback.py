@@ -48,8 +48,8 @@ def _worker_main(conn: Connection) -> None:
     import logging
 
     logging.disable(logging.WARNING)  # math-verify warns once that its timeouts are disabled
-    from math_verify import parse
-    from math_verify import verify as mv_verify
+    from math_verify import parse  # type: ignore[import-untyped]
+    from math_verify import verify as mv_verify  # type: ignore[import-untyped]
 
     conn.send("ready")
     while True:
@@ -137,6 +137,6 @@ def verify_batch_with_fallback(
     """`rlkd.verify_batch` (int8 codes), with each Unknown pair sent to math-verify."""
     codes = verify_batch(golds, outputs)
     unknown = int(Verdict.Unknown)
-    for i in np.flatnonzero(codes == unknown):
+    for i in np.flatnonzero(codes == unknown).tolist():
         codes[i] = int(_WORKER.check(golds[i], outputs[i], timeout_s))
     return codes
