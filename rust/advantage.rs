@@ -24,7 +24,12 @@
 //! `delta_t = r_t + γ·V_{t+1} − V_t`, `A_t = delta_t + γλ·A_{t+1}`, and `returns = A + V`.
 //! Rewards and values must be finite (there is no "excluded" token: mask those in the loss).
 
+use rayon::prelude::*;
+
 use crate::{Error, Result};
+
+/// Rewards per parallel task (rounded to whole groups); below 4 tasks' worth, one thread.
+const PARALLEL_TASK_REWARDS: usize = 1 << 14;
 
 /// Which group-relative estimator to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,11 +85,23 @@ pub fn group_advantages(
         )));
     }
     let mut advantages = vec![0.0_f32; rewards.len()];
-    for (group, out) in rewards
-        .chunks_exact(group_size)
-        .zip(advantages.chunks_exact_mut(group_size))
-    {
-        advantages_of_group(group, estimator, f64::from(eps), out);
+    let run = |rewards: &[f32], out: &mut [f32]| {
+        for (group, out) in rewards
+            .chunks_exact(group_size)
+            .zip(out.chunks_exact_mut(group_size))
+        {
+            advantages_of_group(group, estimator, f64::from(eps), out);
+        }
+    };
+    // Large batches are split across threads in whole groups of ~16k rewards per task.
+    if rewards.len() >= 4 * PARALLEL_TASK_REWARDS {
+        let task = group_size * (PARALLEL_TASK_REWARDS / group_size).max(1);
+        rewards
+            .par_chunks(task)
+            .zip(advantages.par_chunks_mut(task))
+            .for_each(|(rewards, out)| run(rewards, out));
+    } else {
+        run(rewards, &mut advantages);
     }
     Ok(advantages)
 }
