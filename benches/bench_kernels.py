@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -51,7 +52,8 @@ def bench_verify(mv_pairs: int) -> tuple[list[list[str]], list[str]]:
     import rlkd._core as core
 
     notes: list[str] = []
-    if not hasattr(core, "verify_batch"):
+    verify_batch = getattr(core, "verify_batch", None)  # built on the text-kernels branch
+    if verify_batch is None:
         note = "verify: skipped, rlkd._core.verify_batch is not built into this extension yet"
         print(note)
         return [], [note]
@@ -59,17 +61,17 @@ def bench_verify(mv_pairs: int) -> tuple[list[list[str]], list[str]]:
     clean = [r for r in rows if not r["timed_out"] and r["category"] != "adversarial"]
     golds, preds = [r["gold"] for r in clean], [r["pred"] for r in clean]
 
-    rust_s = best_of(lambda: core.verify_batch(golds, preds), 5)
+    rust_s = best_of(lambda: verify_batch(golds, preds), 5)
     rust_rate = len(clean) / rust_s
 
     # Slowest single pair over ALL rows (adversarial and timed-out ones included).
     slowest, slowest_id = 0.0, None
     for r in rows:
-        t = best_of(lambda r=r: core.verify_batch([r["gold"]], [r["pred"]]), 3)
+        t = best_of(functools.partial(verify_batch, [r["gold"]], [r["pred"]]), 3)
         if t > slowest:
             slowest, slowest_id = t, r["id"]
 
-    from math_verify import parse, verify
+    from math_verify import parse, verify  # type: ignore[import-untyped]
 
     # In-process, main thread: math-verify's own SIGALRM timeouts apply per call. Rows it timed
     # out on when the corpus was built are already excluded above.
@@ -109,8 +111,8 @@ def bench_advantages() -> list[list[str]]:
         np.testing.assert_allclose(
             rlkd.group_advantages(rewards, group_size), numpy_grpo(rewards, group_size), rtol=1e-3, atol=1e-3
         )
-        rust_s = best_of(lambda g=group_size: rlkd.group_advantages(rewards, g), 20)
-        numpy_s = best_of(lambda g=group_size: numpy_grpo(rewards, g), 20)
+        rust_s = best_of(functools.partial(rlkd.group_advantages, rewards, group_size), 20)
+        numpy_s = best_of(functools.partial(numpy_grpo, rewards, group_size), 20)
         table.append([f"grpo advantages, 1M rewards, G={group_size}", f"{rust_s * 1e3:.2f} ms", f"{numpy_s * 1e3:.2f} ms (numpy)", f"{numpy_s / rust_s:.1f}x"])
     return table
 
@@ -158,7 +160,9 @@ def python_pack_judge_prompts(
     order = list(range(len(sequences)))
     if sort_by_length:
         order.sort(key=lambda i: -len(sequences[i]))
-    batches, current, width, tokens = [], [], 0, 0
+    batches: list[list[int]] = []
+    current: list[int] = []
+    width = tokens = 0
     for i in order:
         length = len(sequences[i])
         fits = tokens + length <= max_tokens_per_batch if varlen else (len(current) + 1) * max(width, length) <= max_tokens_per_batch
@@ -244,12 +248,12 @@ def bench_packing() -> tuple[list[list[str]], list[str]]:
 
     pieces, fields = packing_workload()
     as_arrays = [[np.asarray(ids, dtype=np.int64) for ids in field] for field in fields]
-    options = dict(max_tokens_per_batch=16_384, max_len=1_536, pad_id=0)
+    options: dict[str, Any] = dict(max_tokens_per_batch=16_384, max_len=1_536, pad_id=0)
     table, notes = [], []
     for varlen in (False, True):
         for label, inputs in (("lists", fields), ("int64 arrays", as_arrays)):
-            rust = lambda inputs=inputs: rlkd.pack_judge_prompts(pieces, inputs, varlen=varlen, **options)  # noqa: E731
-            python = lambda inputs=inputs: python_pack_judge_prompts(pieces, inputs, varlen=varlen, **options)  # noqa: E731
+            rust = functools.partial(rlkd.pack_judge_prompts, pieces, inputs, varlen=varlen, **options)
+            python = functools.partial(python_pack_judge_prompts, pieces, inputs, varlen=varlen, **options)
             assert same_batches(rust(), python()), "Rust and pure-Python packing disagree"
             rust_s, python_s = best_of(rust, 10), best_of(python, 5)
             mode = "varlen" if varlen else "padded"
