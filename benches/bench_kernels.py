@@ -123,7 +123,7 @@ def bench_advantages() -> list[list[str]]:
 
 def python_pack_judge_prompts(
     template_pieces: Sequence[Sequence[int]],
-    fields: Sequence[Sequence[Sequence[int]]],
+    fields: Sequence[Sequence[Sequence[int] | np.ndarray]],
     *,
     max_tokens_per_batch: int,
     max_len: int,
