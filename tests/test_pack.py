@@ -107,7 +107,9 @@ def test_invariants_and_agreement_with_pure_python(inputs, as_arrays):
             assert batch.num_padding_tokens == int((mask == 0).sum())
     if options["sort_by_length"]:
         assert lengths_in_order == sorted(lengths_in_order, reverse=True)
-    assert bench_kernels.same_batches(batches, bench_kernels.python_pack_judge_prompts(pieces, fields, **options))
+    for numpy_rows in (False, True):
+        python = bench_kernels.python_pack_judge_prompts(pieces, fields, numpy_rows=numpy_rows, **options)
+        assert bench_kernels.same_batches(batches, python)
 
 
 def test_keep_end_keeps_the_answer():
