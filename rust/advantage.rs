@@ -24,7 +24,12 @@
 //! `delta_t = r_t + γ·V_{t+1} − V_t`, `A_t = delta_t + γλ·A_{t+1}`, and `returns = A + V`.
 //! Rewards and values must be finite (there is no "excluded" token: mask those in the loss).
 
+use rayon::prelude::*;
+
 use crate::{Error, Result};
+
+/// Rewards per parallel task (rounded to whole groups); below 4 tasks' worth, one thread.
+const PARALLEL_TASK_REWARDS: usize = 1 << 14;
 
 /// Which group-relative estimator to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,43 +85,43 @@ pub fn group_advantages(
         )));
     }
     let mut advantages = vec![0.0_f32; rewards.len()];
-    for (group, out) in rewards
-        .chunks_exact(group_size)
-        .zip(advantages.chunks_exact_mut(group_size))
-    {
-        advantages_of_group(group, estimator, f64::from(eps), out);
+    let run = |rewards: &[f32], out: &mut [f32]| {
+        for (group, out) in rewards
+            .chunks_exact(group_size)
+            .zip(out.chunks_exact_mut(group_size))
+        {
+            advantages_of_group(group, estimator, f64::from(eps), out);
+        }
+    };
+    // Large batches are split across threads in whole groups of ~16k rewards per task.
+    if rewards.len() >= 4 * PARALLEL_TASK_REWARDS {
+        let task = group_size * (PARALLEL_TASK_REWARDS / group_size).max(1);
+        rewards
+            .par_chunks(task)
+            .zip(advantages.par_chunks_mut(task))
+            .for_each(|(rewards, out)| run(rewards, out));
+    } else {
+        run(rewards, &mut advantages);
     }
     Ok(advantages)
 }
 
 /// Fills `out` (pre-zeroed) with one group's advantages; NaN rewards keep their 0.
 fn advantages_of_group(group: &[f32], estimator: Estimator, eps: f64, out: &mut [f32]) {
-    let mut count = 0_usize;
-    let mut sum = 0.0_f64;
-    let mut min = f32::INFINITY;
-    let mut max = f32::NEG_INFINITY;
-    for &r in group.iter().filter(|r| !r.is_nan()) {
-        count += 1;
-        sum += f64::from(r);
-        min = min.min(r);
-        max = max.max(r);
-    }
+    let count = group.iter().filter(|r| !r.is_nan()).count();
+    let first = group.iter().copied().find(|r| !r.is_nan()).unwrap_or(0.0);
     // All-equal (including n == 1) and empty groups carry no signal: exactly 0 by contract.
-    if count <= 1 || min == max {
+    if count <= 1 || group.iter().all(|&r| r.is_nan() || r == first) {
         return;
     }
     let n = count as f64;
-    let mean = sum / n;
+    let mean = sum_non_nan(group, f64::from) / n;
     let scale = match estimator {
         Estimator::DrGrpo => 1.0,
         Estimator::Rloo => n / (n - 1.0),
         Estimator::Grpo => {
             // Two-pass variance: exact enough in f64 and immune to catastrophic cancellation.
-            let squared_deviations: f64 = group
-                .iter()
-                .filter(|r| !r.is_nan())
-                .map(|&r| (f64::from(r) - mean).powi(2))
-                .sum();
+            let squared_deviations = sum_non_nan(group, |r| (f64::from(r) - mean).powi(2));
             let std = (squared_deviations / (n - 1.0)).sqrt();
             1.0 / (std + eps)
         }
@@ -126,6 +131,23 @@ fn advantages_of_group(group: &[f32], estimator: Estimator, eps: f64, out: &mut 
             *a = ((f64::from(r) - mean) * scale) as f32;
         }
     }
+}
+
+/// `sum(term(r))` over the non-NaN rewards, in f64 with four independent accumulators: one
+/// running sum would serialise every add on the previous one (the kernel's bottleneck).
+fn sum_non_nan(group: &[f32], term: impl Fn(f32) -> f64) -> f64 {
+    let term = |r: f32| if r.is_nan() { 0.0 } else { term(r) };
+    let mut lanes = [0.0_f64; 4];
+    let quads = group.chunks_exact(4);
+    for (lane, &r) in quads.remainder().iter().enumerate() {
+        lanes[lane] += term(r);
+    }
+    for quad in quads {
+        for (lane, &r) in lanes.iter_mut().zip(quad) {
+            *lane += term(r);
+        }
+    }
+    (lanes[0] + lanes[1]) + (lanes[2] + lanes[3])
 }
 
 /// Generalised advantage estimation over ragged sequences flattened token-wise.

@@ -166,7 +166,14 @@ mod numeric {
         usize::try_from(value).map_err(|_| InvalidArgumentError::new_err(format!("{name} must be >= 0, got {value}")))
     }
 
-    /// Group-relative advantages; see `rust/advantage.rs` for the conventions.
+    /// Group-relative advantages over contiguous groups `[p0 x G, p1 x G, ...]`, as float32.
+    ///
+    /// estimator: "grpo" = (r - mean) / (std + eps) with the unbiased std (ddof=1);
+    /// "dr_grpo" = r - mean; "rloo" = r - mean of the other rewards in the group.
+    /// NaN marks an excluded sample (judge abstained): its advantage is exactly 0 and it is left
+    /// out of its group's statistics. All-equal groups and groups of one get exactly 0.
+    /// Rewards of another dtype (float64, ints, lists) are converted to float32; +-inf raises
+    /// InvalidArgumentError; group_size must divide len(rewards) (GroupSizeError).
     #[pyfunction(name = "group_advantages")]
     #[pyo3(signature = (rewards, group_size, estimator = "grpo", eps = 1e-6))]
     pub(super) fn py_group_advantages<'py>(
@@ -185,7 +192,10 @@ mod numeric {
         Ok(PyArray1::from_vec(py, advantages))
     }
 
-    /// GAE over ragged sequences; returns `(advantages, returns)`.
+    /// GAE over ragged sequences flattened token-wise; returns float32 (advantages, returns).
+    ///
+    /// sum(lengths) == len(rewards) == len(values); every sequence is terminal after its last
+    /// token (next value 0); returns = advantages + values. gamma and lam lie in [0, 1].
     #[pyfunction(name = "gae")]
     #[pyo3(signature = (rewards, values, lengths, gamma = 1.0, lam = 0.95))]
     pub(super) fn py_gae<'py>(
@@ -262,6 +272,9 @@ mod numeric {
     }
 
     /// One packed batch of judge prompts; every array is int64 except `cu_seqlens` (int32).
+    ///
+    /// Padded: input_ids/attention_mask are [rows, width]. Varlen: input_ids and position_ids
+    /// are flat, cu_seqlens has rows + 1 offsets, attention_mask is None. len(batch) = rows.
     #[pyclass(frozen, name = "PackedBatch", module = "rlkd._core")]
     pub(super) struct PyPackedBatch {
         /// `[rows, width]` padded, or `[total_tokens]` flat in varlen mode.
@@ -346,7 +359,14 @@ mod numeric {
         }
     }
 
-    /// Packs judge prompts into batches; see `rust/pack.rs` for the conventions.
+    /// Packs judge prompts `pieces[0] + fields[0][i] + pieces[1] + ... + pieces[k]` into batches.
+    ///
+    /// Overlong samples (> max_len) are cut in fields[truncate_field]: "keep_end" (default)
+    /// drops its first tokens, "keep_start" its last ones, "error" raises PackingError. Rows are
+    /// sorted longest first (unless sort_by_length=False) and filled greedily while
+    /// rows x width <= max_tokens_per_batch (varlen: total tokens <= budget). Left padding
+    /// (default) puts every row's last token at width - 1. `sample_index` maps rows back to
+    /// input order. Token ids may be lists of ints or integer numpy arrays.
     #[pyfunction(name = "pack_judge_prompts")]
     #[pyo3(signature = (
         template_pieces, fields, *, max_tokens_per_batch, max_len, pad_id,

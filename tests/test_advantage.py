@@ -200,3 +200,14 @@ def test_gae_errors():
         rlkd.gae(r, r, [5], gamma=1.5)
     with pytest.raises(InvalidArgumentError, match="values\\[3\\]"):
         rlkd.gae(r, np.array([0, 0, 0, np.nan, 0], np.float32), [5])
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_large_batches_take_the_threaded_path_and_agree(estimator):
+    rng = np.random.default_rng(1)
+    rewards = rng.random(100_000, dtype=np.float32)
+    rewards[rng.random(rewards.size) < 0.05] = np.nan
+    rewards[:800] = 0.5  # some all-equal groups
+    got = rlkd.group_advantages(rewards, 8, estimator)
+    np.testing.assert_allclose(got, reference_advantages(rewards, 8, estimator, 1e-6), rtol=1e-4, atol=1e-4)
+    assert np.all(got[:800] == 0.0)
