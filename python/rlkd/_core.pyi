@@ -1,11 +1,12 @@
 # Hand-written stub for the Rust extension; checked by `python -m mypy.stubtest rlkd._core`.
 
 from collections.abc import Sequence
-from typing import ClassVar, final
+from typing import Any, ClassVar, final
 
 import numpy as np
 import numpy.typing as npt
 
+# pyo3 exports a runtime __all__ with every name the module registers.
 __all__ = [
     "__version__",
     "RlkdError",
@@ -13,19 +14,19 @@ __all__ = [
     "LengthMismatchError",
     "PackingError",
     "InvalidArgumentError",
+    "Verdict",
+    "extract_answer",
+    "extract_answers",
+    "normalize_answer",
+    "verify",
+    "verify_batch",
+    "group_advantages",
+    "gae",
+    "pack_judge_prompts",
+    "PackedBatch",
 ]
 
 __version__: str
-
-# pyo3 keeps a runtime __all__; each kernel block below appends its own names.
-__all__ = [
-    "__version__",
-    "RlkdError",
-    "GroupSizeError",
-    "LengthMismatchError",
-    "PackingError",
-    "InvalidArgumentError",
-]
 
 class RlkdError(ValueError): ...
 class GroupSizeError(RlkdError): ...
@@ -33,14 +34,28 @@ class LengthMismatchError(RlkdError): ...
 class PackingError(RlkdError): ...
 class InvalidArgumentError(RlkdError): ...
 
+# ---- text kernels: answer extraction (rust/extract.rs) and verification (rust/verify.rs) ----
+
+@final
+class Verdict:
+    """Verdict of `verify`; int values are API: NotEqual=0, Equal=1, Unknown=2, NoAnswer=3."""
+
+    NotEqual: ClassVar[Verdict]
+    Equal: ClassVar[Verdict]
+    Unknown: ClassVar[Verdict]
+    NoAnswer: ClassVar[Verdict]
+    def __int__(self) -> int: ...
+    def __eq__(self, value: object, /) -> bool: ...
+    def __ne__(self, value: object, /) -> bool: ...
+    def __hash__(self) -> int: ...
+
+def extract_answer(text: str, strict: bool = False) -> str | None: ...
+def extract_answers(texts: Sequence[str], strict: bool = False) -> list[str | None]: ...
+def normalize_answer(text: str) -> str: ...
+def verify(gold: str, output: str) -> Verdict: ...
+def verify_batch(golds: Sequence[str], outputs: Sequence[str]) -> npt.NDArray[np.int8]: ...
+
 # ---- numeric kernels: advantages (rust/advantage.rs) and judge-prompt packing (rust/pack.rs) ----
-from collections.abc import Sequence
-from typing import Any, final
-
-import numpy as np
-import numpy.typing as npt
-
-__all__ += ["group_advantages", "gae", "pack_judge_prompts", "PackedBatch"]
 
 _Float32Array = npt.NDArray[np.float32]
 _Int64Array = npt.NDArray[np.int64]
@@ -102,27 +117,3 @@ def pack_judge_prompts(
     sort_by_length: bool = True,
 ) -> list[PackedBatch]:
     """Pack pieces[0] + fields[0][i] + pieces[1] + ... + pieces[k] per sample into batches."""
-# ---- text kernels: answer extraction and verification --------------------------------------
-
-__all__ += ["Verdict", "extract_answer", "extract_answers", "normalize_answer", "verify", "verify_batch"]
-
-@final
-class Verdict:
-    """Verdict of `verify`; int values are API: NotEqual=0, Equal=1, Unknown=2, NoAnswer=3."""
-
-    NotEqual: ClassVar[Verdict]
-    Equal: ClassVar[Verdict]
-    Unknown: ClassVar[Verdict]
-    NoAnswer: ClassVar[Verdict]
-    def __int__(self) -> int: ...
-    def __eq__(self, value: object, /) -> bool: ...
-    def __ne__(self, value: object, /) -> bool: ...
-    def __hash__(self) -> int: ...
-
-def extract_answer(text: str, strict: bool = False) -> str | None: ...
-def extract_answers(texts: Sequence[str], strict: bool = False) -> list[str | None]: ...
-def normalize_answer(text: str) -> str: ...
-def verify(gold: str, output: str) -> Verdict: ...
-def verify_batch(golds: Sequence[str], outputs: Sequence[str]) -> npt.NDArray[np.int8]: ...
-
-# ---- end text kernels ------------------------------------------------------------------------
