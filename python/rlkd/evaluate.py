@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from rlkd import _core
+from rlkd.config import render_template
 from rlkd.data import Example
 from rlkd.fallback import verify_batch_with_fallback
 from rlkd.rollout import render_prompts
@@ -48,13 +49,18 @@ def greedy_pass_at_1(
     *,
     system_prompt: str | None,
     user_template: str,
+    max_new_tokens: int | None = None,
     timeout_s: float = 5.0,
     progress: bool = False,
 ) -> EvalResult:
-    """Greedy decoding of every example once; verdicts against each example's gold answer."""
+    """Greedy decoding of every example once; verdicts against each example's gold answer.
+
+    `user_template` uses the config's str.format syntax (`{question}`, literal braces doubled).
+    """
     labeled = [e for e in examples if e.answer is not None]
-    prompt_ids = render_prompts(tokenizer, [e.question for e in labeled], system_prompt=system_prompt, user_template=user_template)
-    out = rollout.generate(prompt_ids, 1, greedy=True, progress=progress)
+    users = [render_template(user_template, question=e.question) for e in labeled]
+    prompt_ids = render_prompts(tokenizer, users, system_prompt=system_prompt)
+    out = rollout.generate(prompt_ids, 1, greedy=True, progress=progress, max_new_tokens=max_new_tokens)
     verdicts = verify_batch_with_fallback([e.answer for e in labeled], out.response_text, timeout_s=timeout_s)
     rows = [
         {

@@ -262,11 +262,13 @@ class TeacherReferences:
     def get(self, questions: Sequence[str], *, progress: bool = False) -> list[str]:
         import json
 
+        from rlkd.config import render_template
         from rlkd.rollout import render_prompts
 
         missing = sorted({q for q in questions if self._key(q) not in self._cache})
         if missing:
-            prompt_ids = render_prompts(self.tokenizer, missing, system_prompt=self.system_prompt, user_template=self.user_template)
+            users = [render_template(self.user_template, question=q) for q in missing]
+            prompt_ids = render_prompts(self.tokenizer, users, system_prompt=self.system_prompt)
             out = self.rollout.generate(prompt_ids, 1, greedy=True, progress=progress)
             self.cache_path.parent.mkdir(parents=True, exist_ok=True)
             with self.cache_path.open("a") as f:

@@ -202,7 +202,7 @@ class HFRollout:
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad) if pad is not None else self.eos_ids[0]
 
-    def _generation_config(self, greedy: bool) -> Any:
+    def _generation_config(self, greedy: bool, max_new_tokens: int) -> Any:
         from transformers import GenerationConfig
 
         # Every knob explicit and neutral (transformers fills knobs left at None from the model's
@@ -210,7 +210,7 @@ class HFRollout:
         # alone does temperature and top-p.
         return GenerationConfig(
             do_sample=not greedy,
-            max_new_tokens=self.max_new_tokens,
+            max_new_tokens=max_new_tokens,
             min_new_tokens=0,
             min_length=0,
             temperature=1.0,
@@ -235,7 +235,9 @@ class HFRollout:
         )
 
     @torch.no_grad()
-    def _generate_batch(self, prompts: list[list[int]], greedy: bool) -> tuple[list[list[int]], list[list[float]]]:
+    def _generate_batch(
+        self, prompts: list[list[int]], greedy: bool, max_new_tokens: int
+    ) -> tuple[list[list[int]], list[list[float]]]:
         from transformers import LogitsProcessorList
 
         device = next(self.model.parameters()).device
@@ -250,7 +252,7 @@ class HFRollout:
         out = self.model.generate(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
-            generation_config=self._generation_config(greedy),
+            generation_config=self._generation_config(greedy, max_new_tokens),
             logits_processor=LogitsProcessorList([recorder]),
         )
         seqs = out.sequences if hasattr(out, "sequences") else out
@@ -261,9 +263,19 @@ class HFRollout:
         return new.tolist(), lp.tolist()
 
     def generate(
-        self, prompt_ids: Sequence[Sequence[int]], n: int, *, greedy: bool = False, progress: bool = False
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        n: int,
+        *,
+        greedy: bool = False,
+        progress: bool = False,
+        max_new_tokens: int | None = None,
     ) -> Rollouts:
-        """``n`` samples for each prompt (token ids, e.g. from :func:`render_prompts`)."""
+        """``n`` samples for each prompt (token ids, e.g. from :func:`render_prompts`);
+        ``max_new_tokens`` overrides the constructor's for this call (e.g. for evaluation)."""
+        max_new = self.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
+        if max_new < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new}")
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         prompts = [list(map(int, p)) for p in prompt_ids]
@@ -288,7 +300,7 @@ class HFRollout:
         try:
             for start in range(0, total, bs):
                 idx = order[start:start + bs]
-                toks, lps = self._generate_batch([flat[k] for k in idx], greedy)
+                toks, lps = self._generate_batch([flat[k] for k in idx], greedy, max_new)
                 for k, t, lp in zip(idx, toks, lps):
                     cut, fin = _cut_at_eos(t, eos)
                     responses[k] = cut
@@ -412,18 +424,24 @@ class VLLMRollout:
         )
         self.tokenizer = self.llm.get_tokenizer()
 
-    def _sampling_params(self, n: int, greedy: bool) -> Any:
+    def _sampling_params(self, n: int, greedy: bool, max_new_tokens: int | None = None) -> Any:
         return self._vllm.SamplingParams(
             n=n,
             temperature=0.0 if greedy else self.temperature,
             top_p=1.0 if greedy else self.top_p,
             top_k=-1,  # disabled ("0 or -1" in current vLLM, only -1 in older releases)
-            max_tokens=self.max_new_tokens,
+            max_tokens=self.max_new_tokens if max_new_tokens is None else int(max_new_tokens),
             logprobs=0,  # only the sampled token's log-prob
         )
 
     def generate(
-        self, prompt_ids: Sequence[Sequence[int]], n: int, *, greedy: bool = False, progress: bool = False
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        n: int,
+        *,
+        greedy: bool = False,
+        progress: bool = False,
+        max_new_tokens: int | None = None,
     ) -> Rollouts:
         from vllm.inputs import TokensPrompt
 
@@ -434,7 +452,7 @@ class VLLMRollout:
         prompts = [list(map(int, p)) for p in prompt_ids]
         outputs = self.llm.generate(
             [TokensPrompt(prompt_token_ids=p) for p in prompts],
-            sampling_params=self._sampling_params(n, greedy),
+            sampling_params=self._sampling_params(n, greedy, max_new_tokens),
             use_tqdm=progress,
         )
         flat_prompts: list[list[int]] = []

@@ -43,7 +43,7 @@ from rlkd.algorithms import (
     update_policy,
 )
 from rlkd.checkpoint import latest_checkpoint, load_training_state, restore_policy, save_checkpoint
-from rlkd.config import Config, config_to_toml
+from rlkd.config import Config, config_to_toml, render_template
 from rlkd.data import PromptSampler, build_pools
 from rlkd.evaluate import greedy_pass_at_1
 from rlkd.judge import SingleTokenJudge, TeacherReferences
@@ -229,9 +229,7 @@ class Trainer:
         examples = self.sampler.next_batch()
 
         with timed(times, "rollout"):
-            prompt_ids = render_prompts(self.tokenizer, [e.question for e in examples],
-                                        system_prompt=cfg.model.system_prompt or None, user_template=cfg.model.user_template)
-            ro = self.rollout.generate(prompt_ids, G)
+            ro = self.rollout.generate(self._student_prompts([e.question for e in examples]), G)
         questions = [e.question for e in examples for _ in range(G)]
         golds = [e.answer for e in examples for _ in range(G)]
         labeled = np.array([g is not None for g in golds])
@@ -269,6 +267,11 @@ class Trainer:
                 for i, (q, g, t, r, v, d) in enumerate(zip(questions, golds, ro.response_text, rewards, r_vr, verdicts))
             ])
         return metrics
+
+    def _student_prompts(self, questions: list[str]) -> list[list[int]]:
+        m = self.cfg.model
+        users = [render_template(m.user_template, question=q) for q in questions]
+        return render_prompts(self.tokenizer, users, system_prompt=m.system_prompt or None)
 
     def _references(self, questions: list[str], golds: list[str | None]) -> list[str]:
         """Gold answer where the config allows it and one exists, else the teacher's own answer."""
@@ -390,7 +393,7 @@ class Trainer:
         result = greedy_pass_at_1(
             self.rollout, self.tokenizer, self.pools.eval,
             system_prompt=cfg.model.system_prompt or None, user_template=cfg.model.user_template,
-            timeout_s=cfg.rewards.fallback_timeout_s,
+            max_new_tokens=cfg.train.eval_max_new_tokens, timeout_s=cfg.rewards.fallback_timeout_s,
         )
         summary = result.summary()
         summary["time/eval_s"] = time.perf_counter() - start
