@@ -212,7 +212,6 @@ class HFRollout:
             do_sample=not greedy,
             max_new_tokens=max_new_tokens,
             min_new_tokens=0,
-            min_length=0,
             temperature=1.0,
             top_p=1.0,
             top_k=None if greedy else 0,
