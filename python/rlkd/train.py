@@ -48,6 +48,7 @@ from rlkd.data import PromptSampler, build_pools
 from rlkd.evaluate import greedy_pass_at_1
 from rlkd.judge import SingleTokenJudge, TeacherReferences
 from rlkd.metrics import auroc
+from rlkd.plots import plot_run
 from rlkd.models import apply_lora, load_causal_lm, load_sequence_classifier, resolve_dtype, set_torch_threads
 from rlkd.rewards import EQUAL, UNLABELED, Reranker, RewardWeights, VRValues, mix_rewards, verifiable_rewards
 from rlkd.rollout import HFRollout, render_prompts
@@ -222,6 +223,8 @@ class Trainer:
         if cfg.train.save_final:
             self.checkpoint()
         self.log.close()
+        for path in plot_run(self.run_dir):
+            print(f"rlkd: plot {path}")
 
     def train_step(self) -> dict[str, float]:
         cfg, G = self.cfg, self.cfg.rollout.group_size
