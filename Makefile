@@ -16,13 +16,15 @@ $(VENV)/.deps: pyproject.toml
 	# Install the declared dependencies (and dev extras) without building rlkd twice.
 	$(PY) -c "import tomllib; p=tomllib.load(open('pyproject.toml','rb'))['project']; print('\n'.join(p['dependencies']+p['optional-dependencies']['dev']))" > $(VENV)/requirements.txt
 	$(PY) -m pip install -q -r $(VENV)/requirements.txt
+	# Editable install: console scripts + a .pth to python/; `build` then only recompiles in place.
+	. $(VENV)/bin/activate && maturin develop --release --quiet
 	touch $@
 
 install: $(VENV)/.deps
 
 # Rebuilds the extension into the venv (incremental: seconds when Rust is unchanged).
 build: install
-	. $(VENV)/bin/activate && maturin develop --release --quiet
+	. $(VENV)/bin/activate && maturin develop --release --quiet --skip-install
 	$(PY) -c "import rlkd._core"
 
 train: build

@@ -278,6 +278,8 @@ class TrainSection:
     eval_every: int = _opt(6, "evaluate on the held-out set at the start, every N steps and at the end; 0 = never", ge=0)
     eval_max_new_tokens: int = _opt(160, "max new tokens of a greedy eval answer", ge=1)
     save_final: bool = _opt(True, "write a checkpoint after the last step")
+    keep_checkpoints: int = _opt(2, "keep only the newest N checkpoints (each holds the fp32 policy and the "
+                                 "AdamW state: ~7 GB for the 0.5B student); 0 = keep all", ge=0)
 
 
 @dataclass(frozen=True)

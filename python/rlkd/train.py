@@ -25,12 +25,14 @@ from __future__ import annotations
 import copy
 import json
 import random
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
+import transformers
 
 from rlkd import _core
 from rlkd.algorithms import (
@@ -75,6 +77,7 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = run_dir
         set_torch_threads(cfg.run.torch_threads)
+        transformers.utils.logging.disable_progress_bar()  # ours shows the run; theirs would interleave
         seed_everything(cfg.run.seed)
 
         # Data first: a bad data file fails before any model loads.
@@ -143,6 +146,9 @@ class Trainer:
             self.reranker = Reranker(rr_model, rr_tok, max_len=r.max_len)
 
         self.step = 0
+        self._last_checkpoint_step = -1
+        self._updating = False  # True while the policy's weights may be half-updated
+        self._step_start_sampler = self.sampler.state_dict()
         self.log = RunLog(run_dir, tensorboard=cfg.log.tensorboard, wandb=cfg.log.wandb,
                           wandb_project=cfg.log.wandb_project, run_name=cfg.run.name)
         if resume:
@@ -187,7 +193,7 @@ class Trainer:
             raise FileNotFoundError(f"--resume {self.run_dir}: no checkpoint under {self.run_dir / 'checkpoints'}")
         restore_policy(ckpt, self.policy)
         state = load_training_state(ckpt, optimizer=self.optimizer, scheduler=self.scheduler, value_head=self.value_head)
-        self.step = int(state["step"])
+        self.step = self._last_checkpoint_step = int(state["step"])
         self.sampler.load_state_dict(state["sampler"])
         self._sync_rollout_weights()
         self.log.truncate_from(self.step + 1)
@@ -202,29 +208,44 @@ class Trainer:
         bar = tqdm(total=cfg.train.steps, initial=self.step, desc="rlkd", unit="step", disable=not cfg.log.progress_bar)
         if self.step == 0 and cfg.train.eval_every > 0:
             self.evaluate()
-        while self.step < cfg.train.steps:
-            metrics = self.train_step()
-            self.step += 1
-            self.log.log_metrics(self.step, metrics)
-            bar.update(1)
-            bar.set_postfix(
-                reward=f"{metrics['reward/total']:.3f}",
-                vr_acc=f"{metrics['vr/accuracy']:.2f}",
-                abstain=f"{metrics['judge/abstain_rate']:.2f}",
-                loss=f"{metrics['loss/total']:.3f}",
-            )
-            if cfg.train.eval_every > 0 and self.step % cfg.train.eval_every == 0 and self.step < cfg.train.steps:
-                self.evaluate()
-            if cfg.train.checkpoint_every > 0 and self.step % cfg.train.checkpoint_every == 0:
-                self.checkpoint()
-        bar.close()
+        try:
+            while self.step < cfg.train.steps:
+                self._step_start_sampler = self.sampler.state_dict()
+                metrics = self.train_step()
+                self.step += 1
+                self.log.log_metrics(self.step, metrics)
+                bar.update(1)
+                bar.set_postfix(
+                    reward=f"{metrics['reward/total']:.3f}",
+                    vr_acc=f"{metrics['vr/accuracy']:.2f}",
+                    abstain=f"{metrics['judge/abstain_rate']:.2f}",
+                    loss=f"{metrics['loss/total']:.3f}",
+                )
+                if cfg.train.eval_every > 0 and self.step % cfg.train.eval_every == 0 and self.step < cfg.train.steps:
+                    self.evaluate()
+                if cfg.train.checkpoint_every > 0 and self.step % cfg.train.checkpoint_every == 0:
+                    self.checkpoint()
+        except BaseException:  # Ctrl-C, OOM, a bad sample: keep the finished steps
+            self._emergency_checkpoint()
+            raise
+        finally:
+            bar.close()
         if cfg.train.eval_every > 0:
             self.evaluate()
-        if cfg.train.save_final:
+        if cfg.train.save_final and self._last_checkpoint_step != self.step:
             self.checkpoint()
         self.log.close()
         for path in plot_run(self.run_dir):
             print(f"rlkd: plot {path}")
+
+    def _emergency_checkpoint(self) -> None:
+        """Saves the last finished step unless it is saved already or the policy is mid-update."""
+        if self._updating or self.step == self._last_checkpoint_step:
+            where = f"step {self._last_checkpoint_step}" if self._last_checkpoint_step >= 0 else "no checkpoint yet"
+            print(f"rlkd: stopped; last checkpoint: {where}", file=sys.stderr)
+            return
+        path = self.checkpoint(sampler_state=self._step_start_sampler)
+        print(f"rlkd: stopped; saved {path}; continue with --resume {self.run_dir}", file=sys.stderr)
 
     def train_step(self) -> dict[str, float]:
         cfg, G = self.cfg, self.cfg.rollout.group_size
@@ -251,10 +272,12 @@ class Trainer:
                 r_rerank = self.reranker.score(questions, ro.response_text)
         rewards = mix_rewards(self.weights, labeled, vr=r_vr, judge=r_judge, rerank=r_rerank)
 
+        self._updating = True
         with timed(times, "update"):
             update_stats, advantages = self._update(ro, rewards)
         with timed(times, "sync"):
             self._sync_rollout_weights()
+        self._updating = False
 
         metrics = self._step_metrics(ro, rewards, r_vr, verdicts, r_judge, p_yes, abstained, r_rerank, advantages, labeled)
         metrics.update(update_stats)
@@ -406,12 +429,14 @@ class Trainer:
         print(f"rlkd: eval at step {self.step}: pass@1 {result.pass_at_1:.3f} on {result.n} (unknown {result.unknown})")
         return summary
 
-    def checkpoint(self) -> Path:
+    def checkpoint(self, sampler_state: dict | None = None) -> Path:
         path = save_checkpoint(
             self.run_dir, self.step, model=self.policy, tokenizer=self.tokenizer, optimizer=self.optimizer,
             scheduler=self.scheduler, value_head=self.value_head,
-            trainer_state={"step": self.step, "sampler": self.sampler.state_dict()},
+            trainer_state={"step": self.step, "sampler": sampler_state or self.sampler.state_dict()},
+            keep_last=self.cfg.train.keep_checkpoints or None,
         )
+        self._last_checkpoint_step = self.step
         return path
 
 
