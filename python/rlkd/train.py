@@ -244,7 +244,11 @@ class Trainer:
             where = f"step {self._last_checkpoint_step}" if self._last_checkpoint_step >= 0 else "no checkpoint yet"
             print(f"rlkd: stopped; last checkpoint: {where}", file=sys.stderr)
             return
-        path = self.checkpoint(sampler_state=self._step_start_sampler)
+        try:
+            path = self.checkpoint(sampler_state=self._step_start_sampler)
+        except Exception as err:  # e.g. a full disk: report it, and let the original error propagate
+            print(f"rlkd: stopped; the emergency checkpoint failed too ({err})", file=sys.stderr)
+            return
         print(f"rlkd: stopped; saved {path}; continue with --resume {self.run_dir}", file=sys.stderr)
 
     def train_step(self) -> dict[str, float]:
@@ -350,18 +354,20 @@ class Trainer:
         old = torch.zeros_like(batch.old_logprobs)
         values = torch.zeros_like(batch.old_logprobs)
         ref = torch.zeros_like(batch.old_logprobs) if (a.name == "ppo" and self.ref_model is not None) else None
+        device = next(self.policy.parameters()).device
         start = 0
-        for mb in batch.split(a.micro_batch_size):
+        for mb in batch.split(a.micro_batch_size):  # the batch stays on the CPU; each micro-batch visits the device
             rows, width = slice(start, start + len(mb)), mb.input_ids.shape[1]
+            mb = mb.to(device)
             logp, _, hidden = token_logprobs(self.policy, mb.input_ids, mb.attention_mask,
                                              temperature=self.cfg.rollout.temperature, return_hidden=self.value_head is not None)
-            old[rows, :width] = logp * mb.response_mask
+            old[rows, :width] = (logp * mb.response_mask).cpu()
             if self.value_head is not None:
-                values[rows, :width] = self.value_head.token_values(hidden.float())
+                values[rows, :width] = self.value_head.token_values(hidden.float()).cpu()
             if ref is not None:
                 ref_logp, _, _ = token_logprobs(self.ref_model, mb.input_ids, mb.attention_mask,
                                                 temperature=self.cfg.rollout.temperature)
-                ref[rows, :width] = ref_logp * mb.response_mask
+                ref[rows, :width] = (ref_logp * mb.response_mask).cpu()
             start += len(mb)
         batch = batch.replace(old_logprobs=old)
         if a.name != "ppo":
