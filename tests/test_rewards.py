@@ -48,3 +48,29 @@ def test_verifiable_rewards_reft_values_and_unlabeled():
     assert rewards[:3].tolist() == pytest.approx([1.0, 0.1, 0.0])
     assert np.isnan(rewards[3])
     assert int(_core.Verdict.Equal) == EQUAL
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier(tmp_path_factory, tiny_model_path):
+    """A real (randomly initialised) sequence-classification model with SmolLM2's tokenizer."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("reranker")
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_path, num_labels=2)
+    model.config.pad_token_id = AutoTokenizer.from_pretrained(tiny_model_path).eos_token_id
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_model_path).save_pretrained(out)
+    return out
+
+
+def test_reranker_probabilities_do_not_depend_on_batching(tiny_classifier):
+    from rlkd.models import load_sequence_classifier
+    from rlkd.rewards import Reranker
+
+    model, tok = load_sequence_classifier(str(tiny_classifier), dtype="float32", progress=False)
+    questions = ["What is 2 + 3?", "How many legs do 3 cats have?", "What is 10 / 4?"]
+    responses = ["5", "Each cat has 4 legs, so 3 * 4 = 12. The answer is 12.", "2.5"]
+    batched = Reranker(model, tok, batch_size=3).score(questions, responses)
+    alone = Reranker(model, tok, batch_size=1).score(questions, responses)
+    assert batched.dtype == np.float32 and ((batched > 0) & (batched < 1)).all()
+    np.testing.assert_allclose(batched, alone, rtol=1e-4, atol=1e-6)

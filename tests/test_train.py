@@ -128,3 +128,20 @@ def test_a_crash_mid_run_leaves_a_checkpoint_of_the_finished_steps(tmp_path, mon
     run_dir = next(p for p in tmp_path.iterdir() if p.is_dir())
     state = json.loads((run_dir / "checkpoints" / "step-000001" / "trainer_state.json").read_text())
     assert state["step"] == 1
+
+
+@pytest.mark.slow
+def test_semi_supervised_mix_with_a_reranker(tmp_path, tiny_model_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    reranker = tmp_path / "reranker"
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_path, num_labels=2)
+    model.config.pad_token_id = AutoTokenizer.from_pretrained(tiny_model_path).eos_token_id
+    model.save_pretrained(reranker)
+    AutoTokenizer.from_pretrained(tiny_model_path).save_pretrained(reranker)
+    runs = tmp_path / "runs"
+    run = _run(runs, "rewards.vr_weight=0.5", "rewards.judge_weight=0.25", "rewards.rerank_weight=0.25",
+               f"reranker.name_or_path={json.dumps(str(reranker))}", "train.steps=1", "train.eval_every=0")
+    m = _steps(run)[0]
+    assert 0.0 < m["reward/rerank"] < 1.0 and np.isfinite(m["loss/total"])
+    assert "time/rerank_s" in m
