@@ -9,7 +9,7 @@ One run, one model (default SmolLM2-135M-Instruct, embedded), the same rows for 
    instruction to reply "Yes"/"No" with an optional one-sentence reason, greedy decoding of up to
    `--max-new-tokens` tokens, first Yes/No word parsed). Responses/s for each, the ratio, and
    accuracy against the labels for each.
-2. Packing vs naive padding, same forward (`SingleTokenJudge._last_token_probs`) on the same token
+2. Packing vs naive padding, same forward (`SingleTokenJudge.last_token_probs`) on the same token
    ids: `rlkd._core.pack_judge_prompts` (length-sorted batches under a token budget) vs fixed-size
    batches in arrival order, each row left-padded to its batch's longest row; the naive batch
    size is the packed run's mean rows per batch, so only the padding differs. Padding tokens and
@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "python") not in sys.path:
     sys.path.insert(0, str(ROOT / "python"))
 
-from rlkd import _core, metrics  # noqa: E402
+from rlkd import metrics  # noqa: E402
 from rlkd.config import JudgeSection  # noqa: E402
 from rlkd.generative_judge import GenerativeJudge, generative_template  # noqa: E402
 from rlkd.judge import SingleTokenJudge  # noqa: E402
@@ -95,12 +95,7 @@ def naive_batches(prompts: list[list[int]], batch_rows: int, pad_id: int) -> lis
 
 def packed_prompts(judge: SingleTokenJudge, questions, responses, references):
     """The packed batches of `judge.score` and each sample's unpadded ids (input order)."""
-    values = {"question": questions, "response": responses, "reference": references or [""] * len(responses)}
-    field_ids = [[judge._encode(lead + t) for t in values[name]] for name, lead in zip(judge.prompt.fields, judge._field_lead)]
-    batches = _core.pack_judge_prompts(
-        judge._piece_ids, field_ids, max_tokens_per_batch=judge.max_tokens_per_batch, max_len=judge.max_len,
-        pad_id=judge._pad_id, padding_side="left", truncate_field=judge._response_field, truncation="keep_end",
-    )  # fmt: skip
+    batches = judge.pack(questions, responses, references)
     prompts: list[list[int]] = [[] for _ in responses]
     for b in batches:
         ids, mask = np.asarray(b.input_ids), np.asarray(b.attention_mask).astype(bool)
@@ -114,7 +109,7 @@ def run_batches(judge: SingleTokenJudge, batches: list[tuple], n: int) -> tuple[
     p_yes = np.zeros(n, dtype=np.float32)
     t0 = time.perf_counter()
     for ids, mask, last, rows in batches:
-        probs = judge._last_token_probs(ids, mask, last)
+        probs = judge.last_token_probs(ids, mask, last)
         p_yes[np.asarray(rows)] = probs[:, judge.yes_ids].sum(-1).numpy()
     return p_yes, time.perf_counter() - t0
 
@@ -182,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     batches, prompts = packed_prompts(single, questions, responses, references)
     packed = [(b.input_ids, b.attention_mask, b.last_index, np.asarray(b.sample_index).tolist()) for b in batches]
     rows_per_batch = max(1, round(len(rows) / len(batches)))
-    naive = naive_batches(prompts, rows_per_batch, single._pad_id)
+    naive = naive_batches(prompts, rows_per_batch, single.pad_id)
     p_packed, packed_s = run_batches(single, packed, len(rows))
     p_naive, naive_s = run_batches(single, naive, len(rows))
     pad_packed, real = padding(packed)

@@ -112,7 +112,7 @@ def bench_judge(model, n_params_nonemb: int, hidden: int, vocab: int, device, pe
     real = int(sum(int(np.asarray(b.attention_mask).sum()) for b in batches))
     slots = int(sum(np.asarray(b.input_ids).size for b in batches))
     judge: Any = types.SimpleNamespace(model=model)  # SingleTokenJudge's forward needs only .model
-    forward = SingleTokenJudge._last_token_probs
+    forward = SingleTokenJudge.last_token_probs
 
     def run() -> None:
         for b in batches:

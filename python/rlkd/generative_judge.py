@@ -27,7 +27,6 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from rlkd import _core
 from rlkd.judge import JudgeError, SingleTokenJudge
 
 __all__ = ["GENERATIVE_SUFFIX", "GenerativeJudge", "GenerativeVerdicts", "generative_template", "parse_verdict"]
@@ -124,20 +123,8 @@ class GenerativeJudge(SingleTokenJudge):
         """Token ids of each judge prompt (packed and truncated as the single-token judge does),
         in input order, and the number of truncated prompts."""
         n = len(responses)
-        if len(questions) != n:
-            raise JudgeError(f"judge.score: {len(questions)} questions but {n} responses")
-        if self.needs_reference and (references is None or len(references) != n):
-            raise JudgeError("judge.score: this template needs one reference per response")
-        values = {"question": questions, "response": responses, "reference": references or [""] * n}
-        field_ids = [
-            [self._encode(lead + text) for text in values[name]]
-            for name, lead in zip(self.prompt.fields, self._field_lead)
-        ]
-        batches = _core.pack_judge_prompts(
-            self._piece_ids, field_ids, max_tokens_per_batch=max(self.max_tokens_per_batch, self.max_len),
-            max_len=self.max_len, pad_id=self._pad_id, padding_side="left",
-            truncate_field=self._response_field, truncation="keep_end",
-        )  # fmt: skip
+        batches = self.pack(questions, responses, references,
+                            max_tokens_per_batch=max(self.max_tokens_per_batch, self.max_len))
         out: list[list[int]] = [[] for _ in range(n)]
         for batch in batches:
             ids = np.asarray(batch.input_ids)

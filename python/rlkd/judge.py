@@ -152,7 +152,7 @@ class SingleTokenJudge:
         stripped = [p.rstrip(" ") for p in self.prompt.pieces[:-1]] + [self.prompt.pieces[-1]]
         self._field_lead = [p[len(q):] for p, q in zip(self.prompt.pieces[:-1], stripped)]
         self._piece_ids = [self._encode(p) for p in stripped]
-        self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self._response_field = self.prompt.fields.index("response")
 
     @property
@@ -166,15 +166,16 @@ class SingleTokenJudge:
         """The exact text the judge reads for one sample (for logs and tests)."""
         return self.prompt.render(question=question, response=response, reference=reference or "")
 
-    @torch.no_grad()
-    def score(
+    def pack(
         self,
         questions: Sequence[str],
         responses: Sequence[str],
         references: Sequence[str] | None = None,
         *,
-        progress: bool = False,
-    ) -> JudgeScores:
+        max_tokens_per_batch: int | None = None,
+    ) -> list:
+        """The judge prompts as `rlkd._core.PackedBatch`es: length-sorted, left-padded, overlong
+        responses cut from the start (the answer is at the end)."""
         n = len(responses)
         if len(questions) != n:
             raise JudgeError(f"judge.score: {len(questions)} questions but {n} responses")
@@ -185,16 +186,28 @@ class SingleTokenJudge:
             [self._encode(lead + text) for text in values[name]]
             for name, lead in zip(self.prompt.fields, self._field_lead)
         ]
-        batches = _core.pack_judge_prompts(
+        return _core.pack_judge_prompts(
             self._piece_ids,
             field_ids,
-            max_tokens_per_batch=self.max_tokens_per_batch,
+            max_tokens_per_batch=max_tokens_per_batch or self.max_tokens_per_batch,
             max_len=self.max_len,
-            pad_id=self._pad_id,
+            pad_id=self.pad_id,
             padding_side="left",
             truncate_field=self._response_field,
             truncation="keep_end",
         )
+
+    @torch.no_grad()
+    def score(
+        self,
+        questions: Sequence[str],
+        responses: Sequence[str],
+        references: Sequence[str] | None = None,
+        *,
+        progress: bool = False,
+    ) -> JudgeScores:
+        n = len(responses)
+        batches = self.pack(questions, responses, references)
         p_yes = np.zeros(n, dtype=np.float32)
         p_no = np.zeros(n, dtype=np.float32)
         iterator = batches
@@ -203,7 +216,7 @@ class SingleTokenJudge:
 
             iterator = tqdm(batches, desc="judge", unit="batch", leave=False)
         for batch in iterator:
-            probs = self._last_token_probs(batch.input_ids, batch.attention_mask, batch.last_index)
+            probs = self.last_token_probs(batch.input_ids, batch.attention_mask, batch.last_index)
             rows = np.asarray(batch.sample_index)
             p_yes[rows] = probs[:, self.yes_ids].sum(dim=-1).numpy()
             p_no[rows] = probs[:, self.no_ids].sum(dim=-1).numpy()
@@ -214,7 +227,7 @@ class SingleTokenJudge:
         truncated = int(sum(getattr(b, "num_truncated", 0) for b in batches))
         return JudgeScores(reward=reward, p_yes=p_yes, p_no=p_no, abstained=abstained, num_truncated=truncated)
 
-    def _last_token_probs(self, input_ids, attention_mask, last_index) -> torch.Tensor:
+    def last_token_probs(self, input_ids, attention_mask, last_index) -> torch.Tensor:
         """Next-token distribution after each row's last real token: [rows, vocab] float32."""
         device = next(self.model.parameters()).device
         ids = torch.as_tensor(np.asarray(input_ids), device=device)
