@@ -12,9 +12,9 @@ ARGS   ?=
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "maturin>=1.7,<2"
+	$(PY) -m pip install -q "maturin>=1.7,<2" "tomli>=2; python_version < '3.11'"
 	# Install the declared dependencies (and dev extras) without building rlkd twice.
-	$(PY) -c "import tomllib; p=tomllib.load(open('pyproject.toml','rb'))['project']; print('\n'.join(p['dependencies']+p['optional-dependencies']['dev']))" > $(VENV)/requirements.txt
+	$(PY) -c "import sys; t=__import__('tomllib' if sys.version_info >= (3, 11) else 'tomli'); p=t.load(open('pyproject.toml','rb'))['project']; print('\n'.join(p['dependencies']+p['optional-dependencies']['dev']))" > $(VENV)/requirements.txt
 	$(PY) -m pip install -q -r $(VENV)/requirements.txt
 	# Editable install: console scripts + a .pth to python/; `build` then only recompiles in place.
 	. $(VENV)/bin/activate && maturin develop --release --quiet
