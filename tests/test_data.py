@@ -166,6 +166,7 @@ def test_bad_sources(tmp_path):
 
 
 def data_cfg(**overrides):
+    overrides = {"train_path": "", "eval_path": "", **overrides}  # the synthetic generator unless named
     return loads_config("", overrides=[f"data.{k}={v!r}" if isinstance(v, str) else f"data.{k}={v}"
                                        for k, v in overrides.items()]).data
 

@@ -74,3 +74,29 @@ def test_reranker_probabilities_do_not_depend_on_batching(tiny_classifier):
     alone = Reranker(model, tok, batch_size=1).score(questions, responses)
     assert batched.dtype == np.float32 and ((batched > 0) & (batched < 1)).all()
     np.testing.assert_allclose(batched, alone, rtol=1e-4, atol=1e-6)
+
+
+def test_truncated_response_without_marker_is_no_answer_not_wrong():
+    golds = ["18", "18", "18", "18", None]
+    responses = [
+        "First 3 + 4 = 7, then 7 * 2 = 14 and",  # cut mid-sentence: its last number is not an answer
+        "So the total is \\boxed{18} and",  # cut, but the final answer was stated explicitly
+        "First 3 + 4 = 7, then 7 * 2 = 14.",  # finished: the last-number fallback still applies
+        "The answer is 17. Let me also",  # cut after an explicit (wrong) answer
+        "cut and unlabeled 3",
+    ]
+    finished = [False, False, True, False, False]
+    values = VRValues(correct=1.0, wrong=0.1, no_answer=0.0)
+    rewards, verdicts = verifiable_rewards(golds, responses, values, finished=finished)
+    assert verdicts.tolist() == [NO_ANSWER, EQUAL, NOT_EQUAL, NOT_EQUAL, UNLABELED]
+    assert rewards[:4].tolist() == pytest.approx([0.0, 1.0, 0.1, 0.1])
+    # Without `finished` (the rule off) the truncated text's last number is taken as its answer.
+    _, old = verifiable_rewards(golds, responses, values)
+    assert old[0] == NOT_EQUAL
+
+
+def test_has_final_answer_is_strict_extraction():
+    from rlkd.rewards import has_final_answer
+
+    assert has_final_answer(["x \\boxed{3}", "#### 4", "The answer is 5.", "3 + 4 = 7", ""]).tolist() == [
+        True, True, True, False, False]

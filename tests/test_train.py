@@ -30,7 +30,7 @@ def _run(tmp_path: Path, *overrides: str, resume: Path | None = None) -> Path:
 
 def _steps(run_dir: Path) -> list[dict]:
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [m for m in lines if m.get("event") != "eval"]
+    return [m for m in lines if "event" not in m]
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +51,38 @@ def test_grpo_run_logs_finite_losses_and_every_metric(grpo_run):
         assert 0.0 <= m["judge/abstain_rate"] <= 1.0
     samples = [json.loads(line) for line in (grpo_run / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 2 * 2 * 2  # steps x prompts x G
-    assert {"question", "response", "reward", "judge", "vr", "advantage"} <= set(samples[0])
+    assert {"question", "response", "reward", "judge", "vr", "advantage", "reference", "extracted", "finished",
+            "judge_mass"} <= set(samples[0])
     evals = [json.loads(line) for line in (grpo_run / "metrics.jsonl").read_text().splitlines() if "eval" in line]
     assert evals and all("eval/pass@1" in e for e in evals)
     assert (grpo_run / "config.toml").exists()
+
+
+@pytest.mark.slow
+def test_teacher_references_come_only_from_finished_solutions(grpo_run):
+    # tiny.toml gives the teacher 16 new tokens: SmolLM2 never finishes a solution in 16 tokens,
+    # so no unlabeled question has a reference and its judge term abstains (never a guessed number).
+    samples = [json.loads(line) for line in (grpo_run / "samples.jsonl").read_text().splitlines()]
+    unlabeled = [s for s in samples if s["gold"] is None]
+    labeled = [s for s in samples if s["gold"] is not None]
+    assert unlabeled and labeled
+    assert all(s["reference"] is None and s["judge"] is None for s in unlabeled)  # NaN is null in jsonl
+    assert all(s["reference"] == s["gold"] for s in labeled)
+    # a labeled sample is judged: its reward is missing only where the judge abstained (low mass)
+    assert all((s["judge"] is None) == (s["judge_mass"] < 0.5) for s in labeled)
+    assert all(s["judge_mass"] == 0.0 for s in unlabeled)  # no forward pass at all
+    steps = _steps(grpo_run)
+    assert all(m["judge/no_reference_rate"] == 0.5 for m in steps)
+    events = [json.loads(line) for line in (grpo_run / "metrics.jsonl").read_text().splitlines()]
+    teacher = [e for e in events if e.get("event") == "teacher_references"]
+    assert teacher and teacher[0]["teacher/no_reference"] == teacher[0]["teacher/questions"] > 0
+
+
+@pytest.mark.slow
+def test_run_ends_with_a_paired_start_vs_end_comparison(grpo_run):
+    cmp = json.loads((grpo_run / "comparison.json").read_text())
+    assert cmp["start_step"] == 0 and cmp["end_step"] == 2 and cmp["n"] == 2
+    assert 0.0 <= cmp["mcnemar_p"] <= 1.0 and cmp["gained"] + cmp["lost"] <= 2
 
 
 @pytest.mark.slow
@@ -88,7 +116,8 @@ def test_resume_continues_with_identical_metrics(tmp_path, grpo_run):
 @pytest.mark.slow
 def test_ppo_with_value_head_and_kl(tmp_path, smollm2_path):
     run = _run(tmp_path, 'algorithm.name="ppo"', "algorithm.kl_coef=0.05", 'algorithm.kl_estimator="k1"',
-               "train.steps=1", "train.eval_every=0", "rewards.vr_weight=0.5", "rewards.judge_weight=0.5")
+               "train.steps=1", "train.eval_every=0", "rewards.vr_weight=1.0", "rewards.judge_weight=0.0",
+               "data.labeled_fraction=1.0")
     m = _steps(run)[0]
     assert np.isfinite(m["loss/total"]) and np.isfinite(m["update/value_loss"])
     assert (run / "checkpoints" / "step-000001" / "value_head" / "value_head.safetensors").exists()

@@ -182,7 +182,9 @@ def _save_policy(model: Any, tokenizer: Any, out: Path) -> None:
         model.save_pretrained(out / ADAPTER_DIR, safe_serialization=True)
         # Merge on a copy: merging in place and unmerging is not bit-exact in bf16, and the live
         # model must stay exactly as it is for the run to continue (and resume) identically.
-        merged = copy.deepcopy(model).merge_and_unload()
+        # The merged weights are for users (transformers, vLLM, rlkd-eval) and are saved in bf16,
+        # half the disk of fp32; resume restores the exact fp32 adapter from adapter/.
+        merged = copy.deepcopy(model).merge_and_unload().to(torch.bfloat16)
         merged.save_pretrained(out, safe_serialization=True)
         del merged
     else:

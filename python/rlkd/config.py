@@ -134,11 +134,27 @@ class ModelSection:
                               "(the chat template's own default, if any)")
     user_template: str = _opt(_STUDENT_USER, "user message of the student's prompt; must contain `{question}` "
                               "(str.format syntax: literal braces doubled, `\\boxed{{}}`)", check="user_template")
-    lora_rank: int = _opt(0, "LoRA rank for the student (needs `peft`); 0 = full fine-tuning", ge=0)
-    lora_alpha: float = _opt(16.0, "LoRA alpha (scale = alpha / rank)", gt=0)
+    lora_rank: int = _opt(32, "LoRA rank for the student (needs `peft`); 0 = full fine-tuning", ge=0)
+    lora_alpha: float = _opt(64.0, "LoRA alpha (scale = alpha / rank)", gt=0)
     lora_target_modules: tuple[str, ...] = _opt(
-        ("q_proj", "k_proj", "v_proj", "o_proj"), "module names LoRA adapts", kind="str_list", nonempty=True)
+        ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"), "module names LoRA adapts",
+        kind="str_list", nonempty=True)
     gradient_checkpointing: bool = _opt(False, "recompute activations in the backward pass (less memory, ~30% slower)")
+
+
+@dataclass(frozen=True)
+class SFTSection:
+    enabled: bool = _opt(True, "run the SFT warm-up first (once, cached) and start RL from its checkpoint")
+    examples: int = _opt(256, "worked solutions of the labeled pool to train on (the first N; 0 = all)", ge=0)
+    epochs: int = _opt(1, "passes over the SFT examples", ge=1)
+    lr: float = _opt(2e-4, "peak learning rate (cosine decay to 0 after warm-up)", gt=0, le=1)
+    batch_size: int = _opt(8, "examples per optimizer step", ge=1)
+    micro_batch_size: int = _opt(4, "examples per forward/backward pass", ge=1)
+    lora_rank: int = _opt(32, "LoRA rank on every linear layer, merged at the end; 0 = full fine-tuning", ge=0)
+    lora_alpha: float = _opt(64.0, "LoRA alpha (scale alpha/rank)", gt=0)
+    max_len: int = _opt(512, "max prompt+response tokens; longer examples are skipped (counted)", ge=16)
+    warmup_steps: int = _opt(4, "linear warm-up optimizer steps", ge=0)
+    cache_dir: str = _opt("", "where SFT checkpoints are cached; empty = <RLKD_CACHE>/sft")
 
 
 @dataclass(frozen=True)
@@ -169,10 +185,10 @@ class JudgeSection:
                         "start (the answer is at the end)", ge=16)
     max_tokens_per_batch: int = _opt(6144, "token budget of one judge forward batch (rows x padded width)", ge=16)
     teacher_max_new_tokens: int = _opt(
-        192, "reference_guided: max new tokens when the judge solves an unlabeled question itself "
+        320, "reference_guided: max new tokens when the judge solves an unlabeled question itself "
         "(once per question, cached)", ge=1)
-    reference_cache: str = _opt("", "jsonl cache of the teacher's own answers; empty = "
-                                "`<run dir>/teacher_references.jsonl`. Share it between runs to skip regeneration")
+    reference_cache: str = _opt("", "jsonl cache of the teacher's own solutions; empty = a file under "
+                                "<RLKD_CACHE>/teacher/ keyed by teacher, prompt and token budget (shared by runs)")
 
 
 @dataclass(frozen=True)
@@ -193,14 +209,19 @@ class RewardsSection:
     correct: float = _opt(1.0, "verifiable reward of a correct answer")
     wrong: float = _opt(0.1, "verifiable reward of an answer that was found but is wrong (ReFT: 0.1)")
     no_answer: float = _opt(0.0, "verifiable reward when no answer can be extracted")
+    truncated_needs_marker: bool = _opt(
+        True, "a response cut off at max_new_tokens counts only an explicit final-answer marker (\\boxed{}, "
+        "`#### x`, 'the answer is x'); without one it is no_answer, not a wrong answer (its last number "
+        "is a mid-sentence fragment, not an answer)")
     fallback_timeout_s: float = _opt(5.0, "wall-clock limit of the math-verify fallback worker for answers "
                                      "the Rust verifier calls Unknown", gt=0)
 
 
 @dataclass(frozen=True)
 class DataSection:
-    train_path: str = _opt("", "training questions: a .jsonl/.json/.parquet file, a HF `datasets` directory, "
-                           "`hf:OWNER/NAME` (hub), or empty = the built-in synthetic generator", check="data_path")
+    train_path: str = _opt("builtin:gsm8k/train", "training questions: `builtin:gsm8k/train` (shipped), a "
+                           ".jsonl(.gz)/.json/.parquet file, a HF `datasets` directory, `hf:OWNER/NAME` (hub), or "
+                           "empty = the built-in synthetic generator", check="data_path")
     format: str = _opt("auto", "`gsm8k` (`question`, `answer` ending in `#### x`), `math` (`problem`, `answer` "
                        "or the last `\\boxed{}` of `solution`), or `auto` (by the fields present)",
                        choices=("auto", "gsm8k", "math"))
@@ -209,13 +230,13 @@ class DataSection:
     hf_subset: str = _opt("", "`datasets` config name for `hf:` paths (e.g. `main` for openai/gsm8k)")
     train_split: str = _opt("train", "split used when `train_path` is a `datasets` dataset with splits", nonempty=True)
     eval_split: str = _opt("test", "split used when `eval_path` is a `datasets` dataset with splits", nonempty=True)
-    labeled_count: int = _opt(64, "training rows that keep their gold answer (the first N after a seeded "
+    labeled_count: int = _opt(512, "training rows that keep their gold answer (the first N after a seeded "
                               "shuffle); the rest form the unlabeled pool with gold dropped", ge=0)
     labeled_fraction: float = _opt(0.5, "share of labeled prompts in each batch: round-half-up(fraction x "
                                    "prompts_per_step) per batch", ge=0, le=1)
-    eval_path: str = _opt("", "held-out questions (same forms as train_path); empty = synthetic held-out "
-                          "problems disjoint from the training ones", check="data_path")
-    eval_count: int = _opt(16, "held-out problems: the first N rows of eval_path (0 = all) or N synthetic ones", ge=0)
+    eval_path: str = _opt("builtin:gsm8k/test", "held-out questions (same forms as train_path); empty = synthetic "
+                          "held-out problems disjoint from the training ones", check="data_path")
+    eval_count: int = _opt(200, "held-out problems: the first N rows of eval_path (0 = all) or N synthetic ones", ge=0)
     synthetic_train_count: int = _opt(512, "synthetic training problems (when train_path is empty)", ge=1)
     synthetic_seed: int = _opt(1234, "seed of the synthetic generator (eval problems use a derived seed)", ge=0)
     synthetic_min_steps: int = _opt(2, "fewest arithmetic steps of a synthetic problem", ge=1, le=5)
@@ -227,11 +248,11 @@ class RolloutSection:
     backend: str = _opt("hf", "`hf` (transformers generate, any device) or `vllm` (CUDA, `pip install .[vllm]`)",
                         choices=("hf", "vllm"))
     prompts_per_step: int = _opt(2, "prompts drawn per RL step", ge=1)
-    group_size: int = _opt(4, "G: responses sampled per prompt (≥ 2 for grpo/dr_grpo/rloo)", ge=1)
+    group_size: int = _opt(8, "G: responses sampled per prompt (≥ 2 for grpo/dr_grpo/rloo)", ge=1)
     temperature: float = _opt(1.0, "sampling temperature", gt=0, le=10)
     top_p: float = _opt(1.0, "nucleus sampling mass", gt=0, le=1)
-    max_new_tokens: int = _opt(160, "max tokens per sampled response", ge=1)
-    batch_size: int = _opt(8, "hf backend: sequences per generate call", ge=1)
+    max_new_tokens: int = _opt(256, "max tokens per sampled response", ge=1)
+    batch_size: int = _opt(16, "hf backend: sequences per generate call", ge=1)
     vllm_gpu_memory_utilization: float = _opt(0.4, "vllm: fraction of GPU memory vLLM may take", gt=0, le=1)
     vllm_enable_sleep_mode: bool = _opt(True, "vllm: release vLLM's memory while the policy trains")
     vllm_max_model_len: int | None = _opt(None, "vllm: max prompt+response tokens; unset = the model's",
@@ -259,7 +280,7 @@ class AlgorithmSection:
 
 @dataclass(frozen=True)
 class OptimSection:
-    lr: float = _opt(1e-6, "AdamW peak learning rate", gt=0, le=1)
+    lr: float = _opt(2e-5, "AdamW peak learning rate", gt=0, le=1)
     weight_decay: float = _opt(0.0, "AdamW weight decay", ge=0)
     betas: tuple[float, float] = _opt((0.9, 0.999), "AdamW betas", kind="float_pair")
     eps: float = _opt(1e-8, "AdamW epsilon", gt=0)
@@ -273,10 +294,13 @@ class OptimSection:
 
 @dataclass(frozen=True)
 class TrainSection:
-    steps: int = _opt(6, "RL steps (each: sample, score, update)", ge=1)
-    checkpoint_every: int = _opt(2, "write a checkpoint every N steps; 0 = only the final one", ge=0)
-    eval_every: int = _opt(6, "evaluate on the held-out set at the start, every N steps and at the end; 0 = never", ge=0)
-    eval_max_new_tokens: int = _opt(160, "max new tokens of a greedy eval answer", ge=1)
+    steps: int = _opt(10, "RL steps (each: sample, score, update)", ge=1)
+    checkpoint_every: int = _opt(5, "write a checkpoint every N steps; 0 = only the final one", ge=0)
+    eval_every: int = _opt(10, "evaluate on the held-out set at the start, every N steps and at the end; 0 = never", ge=0)
+    eval_max_new_tokens: int = _opt(256, "max new tokens of a greedy eval answer", ge=1)
+    eval_batch_size: int = _opt(16, "sequences per generate call in evaluation", ge=1)
+    time_budget_min: float = _opt(15.0, "stop after the step that reaches this many minutes of training (the "
+                                  "start eval and one-time set-up not counted), then eval and save; 0 = no limit", ge=0)
     save_final: bool = _opt(True, "write a checkpoint after the last step")
     keep_checkpoints: int = _opt(2, "keep only the newest N checkpoints (each holds the fp32 policy and the "
                                  "AdamW state: ~7 GB for the 0.5B student); 0 = keep all", ge=0)
@@ -295,6 +319,7 @@ class LogSection:
 class Config:
     run: RunSection = field(default_factory=RunSection)
     model: ModelSection = field(default_factory=ModelSection)
+    sft: SFTSection = field(default_factory=SFTSection)
     judge: JudgeSection = field(default_factory=JudgeSection)
     reranker: RerankerSection = field(default_factory=RerankerSection)
     rewards: RewardsSection = field(default_factory=RewardsSection)
@@ -515,6 +540,12 @@ def _check_data_path(ref: str) -> str | None:
     if ref.startswith("hf:"):
         hub = ref[3:]
         return None if _HUB_ID_RE.match(hub) else f"bad hub dataset id {hub!r} in {ref!r} (expected hf:OWNER/NAME)"
+    if ref.startswith("builtin:"):
+        from rlkd.data import BUILTIN_DATASETS
+
+        if ref.removeprefix("builtin:") in BUILTIN_DATASETS:
+            return None
+        return f"unknown built-in data set {ref!r}; known: " + ", ".join(f"builtin:{k}" for k in BUILTIN_DATASETS)
     if not Path(ref).expanduser().exists():
         return f"missing file: {ref!r} does not exist (relative paths resolve against {Path.cwd()})"
     return None

@@ -109,18 +109,36 @@ def _boxed_answer(solution: str) -> str | None:
 # ------------------------------------------------------------------------------------------
 
 
+#: Data sets shipped inside the package (python/rlkd/datasets/, with their licences).
+BUILTIN_DATASETS = {
+    "gsm8k/train": "gsm8k_train.jsonl.gz",
+    "gsm8k/test": "gsm8k_test.jsonl.gz",
+}
+
+
+def builtin_dataset_path(ref: str) -> Path:
+    """The file behind `builtin:NAME` (see BUILTIN_DATASETS)."""
+    name = ref.removeprefix("builtin:")
+    if name not in BUILTIN_DATASETS:
+        raise DataError(f"{ref}: unknown built-in data set; known: "
+                        + ", ".join(f"builtin:{k}" for k in BUILTIN_DATASETS))
+    return Path(__file__).parent / "datasets" / BUILTIN_DATASETS[name]
+
+
 def _rows(path: str | Path, *, split: str | None, subset: str | None) -> tuple[str, Iterator[tuple[str, Any]]]:
     """(source name, iterator of (where, row)) where `where` is 'line N' or 'row N'."""
     ref = str(path)
     if ref.startswith("hf:"):
         return ref, _hf_rows(ref, _load_hub(ref[3:], split=split, subset=subset))
+    if ref.startswith("builtin:"):
+        return ref, _jsonl_rows(builtin_dataset_path(ref))
     p = Path(ref).expanduser()
     if not p.exists():
         raise DataError(f"{ref}: no such file or directory (relative paths resolve against {Path.cwd()})")
     if p.is_dir():
         return ref, _hf_rows(ref, _load_hf_dir(p, split=split))
     suffix = p.suffix.lower()
-    if suffix in (".jsonl", ".ndjson"):
+    if suffix in (".jsonl", ".ndjson") or p.name.lower().endswith((".jsonl.gz", ".ndjson.gz")):
         return ref, _jsonl_rows(p)
     if suffix == ".json":
         return ref, _json_rows(p)
@@ -128,11 +146,14 @@ def _rows(path: str | Path, *, split: str | None, subset: str | None) -> tuple[s
         return ref, _parquet_rows(p)
     if suffix == ".py":
         return ref, _hf_rows(ref, _load_hf_script(p, split=split))
-    raise DataError(f"{ref}: unknown file type {suffix!r}; use .jsonl, .json, .parquet or a datasets directory")
+    raise DataError(f"{ref}: unknown file type {suffix!r}; use .jsonl(.gz), .json, .parquet, builtin:NAME or a datasets directory")
 
 
 def _jsonl_rows(p: Path) -> Iterator[tuple[str, Any]]:
-    with p.open("r", encoding="utf-8") as f:
+    import gzip
+
+    opener = gzip.open if p.suffix.lower() == ".gz" else open
+    with opener(p, "rt", encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue

@@ -46,12 +46,31 @@ class EvalResult:
         return self.correct / self.n if self.n else float("nan")
 
     def summary(self, prefix: str = "eval/") -> dict[str, float]:
+        from rlkd.significance import wilson_interval
+
+        lo, hi = wilson_interval(self.correct, self.n)
+        finished = [r["finished"] for r in self.rows if "finished" in r]
+        tokens = [r["tokens"] for r in self.rows if "tokens" in r]
         return {
             f"{prefix}pass@1": self.pass_at_1,
+            f"{prefix}pass@1_ci95_low": lo,
+            f"{prefix}pass@1_ci95_high": hi,
             f"{prefix}unknown": self.unknown,
             f"{prefix}no_answer_rate": self.no_answer / self.n if self.n else float("nan"),
+            f"{prefix}finished_rate": float(np.mean(finished)) if finished else float("nan"),
+            f"{prefix}length_mean": float(np.mean(tokens)) if tokens else float("nan"),
             f"{prefix}n": self.n,
         }
+
+    def to_json(self) -> dict:
+        return {"summary": self.summary(), "rows": self.rows}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "EvalResult":
+        rows = data["rows"]
+        verdicts = [r["verdict"] for r in rows]
+        return cls(n=len(rows), correct=verdicts.count("Equal"), unknown=verdicts.count("Unknown"),
+                   no_answer=verdicts.count("NoAnswer"), rows=rows)
 
 
 def greedy_pass_at_1(
@@ -68,12 +87,17 @@ def greedy_pass_at_1(
     """Greedy decoding of every example once; verdicts against each example's gold answer.
 
     `user_template` uses the config's str.format syntax (`{question}`, literal braces doubled).
+    The verdicts follow the training reward's rule: a response cut at `max_new_tokens` without an
+    explicit final answer is NoAnswer (`rlkd.rewards.verifiable_rewards` with `finished`).
     """
+    from rlkd.rewards import VRValues, verifiable_rewards
+
     labeled = [e for e in examples if e.answer is not None]
     users = [render_template(user_template, question=e.question) for e in labeled]
     prompt_ids = render_prompts(tokenizer, users, system_prompt=system_prompt)
     out = rollout.generate(prompt_ids, 1, greedy=True, progress=progress, max_new_tokens=max_new_tokens)
-    verdicts = verify_batch_with_fallback([str(e.answer) for e in labeled], out.response_text, timeout_s=timeout_s)
+    _, verdicts = verifiable_rewards([str(e.answer) for e in labeled], out.response_text, VRValues(),
+                                     finished=out.finished, timeout_s=timeout_s)
     rows = [
         {
             "id": e.id,
@@ -82,8 +106,10 @@ def greedy_pass_at_1(
             "response": text,
             "extracted": _core.extract_answer(text),
             "verdict": VERDICT_NAMES.get(int(v), str(int(v))),
+            "finished": bool(fin),
+            "tokens": len(ids),
         }
-        for e, text, v in zip(labeled, out.response_text, verdicts)
+        for e, text, v, fin, ids in zip(labeled, out.response_text, verdicts, out.finished, out.response_ids)
     ]
     v = np.asarray(verdicts)
     return EvalResult(
@@ -93,6 +119,35 @@ def greedy_pass_at_1(
         no_answer=int((v == NO_ANSWER).sum()),
         rows=rows,
     )
+
+
+def eval_cache_key(model_key: str, examples: Sequence[Example], *, system_prompt: str | None, user_template: str,
+                   max_new_tokens: int, dtype: str) -> str:
+    """Names one greedy evaluation: the same model, problems, prompt and budget give the same rows."""
+    import hashlib
+
+    h = hashlib.sha256(json.dumps({"v": 1, "model": model_key, "system": system_prompt, "user": user_template,
+                                   "max_new_tokens": max_new_tokens, "dtype": dtype}, sort_keys=True).encode())
+    for e in examples:
+        h.update(b"\0" + e.id.encode() + b"\1" + e.question.encode() + b"\2" + str(e.answer).encode())
+    return h.hexdigest()[:16]
+
+
+def cached_greedy_pass_at_1(cache_key: str, run_eval) -> tuple[EvalResult, bool]:
+    """`run_eval()` once per key: its result is kept under <RLKD_CACHE>/evals/<key>.json.
+    Greedy decoding of a fixed model is deterministic, so the cached rows are the eval's rows."""
+
+    from rlkd.weights import cache_dir
+
+    path = cache_dir() / "evals" / f"{cache_key}.json"
+    if path.exists():
+        return EvalResult.from_json(json.loads(path.read_text())), True
+    result = run_eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result.to_json(), indent=1))
+    tmp.replace(path)
+    return result, False
 
 
 # =============================================================================================

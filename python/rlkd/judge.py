@@ -247,9 +247,12 @@ class SingleTokenJudge:
 class TeacherReferences:
     """Reference answers for the reference-guided judge on unlabeled questions, label-free.
 
-    The judge model itself solves each question once (greedy), and its extracted final answer
-    (or, when it gives none, the end of its solution) becomes the reference. Answers are cached
-    on disk as jsonl keyed by the question's sha256, so reruns and resumes never pay twice.
+    The judge model itself solves each question once (greedy). Only a solution that FINISHED
+    (ended before the token budget) and states its final answer explicitly (strict extraction:
+    \\boxed{}, `#### x`, "the answer is x") gives a reference; otherwise the question has none
+    (None), and its judge term abstains instead of comparing students to a guessed number.
+    Solutions are cached on disk as jsonl keyed by the question's sha256, so reruns and resumes
+    never pay twice.
     """
 
     def __init__(self, rollout, tokenizer, cache_path, *, system_prompt: str | None, user_template: str) -> None:
@@ -259,7 +262,7 @@ class TeacherReferences:
         self.rollout, self.tokenizer = rollout, tokenizer
         self.system_prompt, self.user_template = system_prompt, user_template
         self.cache_path = Path(cache_path)
-        self._cache: dict[str, str] = {}
+        self._cache: dict[str, str | None] = {}
         if self.cache_path.exists():
             for line in self.cache_path.read_text().splitlines():
                 if line.strip():
@@ -272,7 +275,12 @@ class TeacherReferences:
 
         return hashlib.sha256(question.encode("utf-8")).hexdigest()
 
-    def get(self, questions: Sequence[str], *, progress: bool = False) -> list[str]:
+    @staticmethod
+    def reference_of(solution: str, finished: bool) -> str | None:
+        """The teacher's final answer, or None when it did not finish or states none explicitly."""
+        return _core.extract_answer(solution, strict=True) if finished else None
+
+    def get(self, questions: Sequence[str], *, progress: bool = False) -> list[str | None]:
         import json
 
         from rlkd.config import render_template
@@ -285,9 +293,9 @@ class TeacherReferences:
             out = self.rollout.generate(prompt_ids, 1, greedy=True, progress=progress)
             self.cache_path.parent.mkdir(parents=True, exist_ok=True)
             with self.cache_path.open("a") as f:
-                for question, solution in zip(missing, out.response_text):
-                    answer = _core.extract_answer(solution)
-                    reference = answer if answer is not None else solution.strip()[-300:]
+                for question, solution, finished in zip(missing, out.response_text, out.finished):
+                    reference = self.reference_of(solution, bool(finished))
                     self._cache[self._key(question)] = reference
-                    f.write(json.dumps({"key": self._key(question), "question": question, "reference": reference, "solution": solution}) + "\n")
+                    f.write(json.dumps({"key": self._key(question), "question": question, "reference": reference,
+                                        "finished": bool(finished), "solution": solution}) + "\n")
         return [self._cache[self._key(q)] for q in questions]

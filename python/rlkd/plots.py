@@ -58,7 +58,10 @@ def load_metrics(path: Path) -> tuple[list[dict], list[dict]]:
             continue
         if not isinstance(rec, dict) or not _number(rec.get("step")):
             continue
-        (evals if rec.get("event") == "eval" else steps)[int(rec["step"])] = rec
+        if rec.get("event") == "eval":
+            evals[int(rec["step"])] = rec
+        elif "event" not in rec:  # other events (teacher_references, train_done) are not steps
+            steps[int(rec["step"])] = rec
     return [steps[k] for k in sorted(steps)], [evals[k] for k in sorted(evals)]
 
 

@@ -33,13 +33,36 @@ class VRValues:
     no_answer: float = 0.0
 
 
+def has_final_answer(responses: Sequence[str]) -> np.ndarray:
+    """[n] bool: the response states a final answer explicitly (\\boxed{}, `#### x`, "the answer is x").
+
+    Strict extraction: the last-number fallback does not count, because in a response that
+    stopped mid-sentence the last number is a fragment of the reasoning, not an answer."""
+    return np.array([a is not None for a in _core.extract_answers(list(responses), strict=True)], dtype=bool)
+
+
 def verifiable_rewards(
-    golds: Sequence[str | None], responses: Sequence[str], values: VRValues, *, timeout_s: float = 5.0
+    golds: Sequence[str | None],
+    responses: Sequence[str],
+    values: VRValues,
+    *,
+    finished: Sequence[bool] | None = None,
+    timeout_s: float = 5.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(rewards [n] float32 with NaN where unlabeled/Unknown, verdicts [n] int8 with -1 = unlabeled)."""
+    """(rewards [n] float32 with NaN where unlabeled/Unknown, verdicts [n] int8 with -1 = unlabeled).
+
+    With `finished` given, a response that did not finish (cut at the token budget) and has no
+    explicit final answer (`has_final_answer`) is NoAnswer without being verified: truncation
+    earns `no_answer`, never the "answered but wrong" reward."""
     n = len(responses)
     verdicts = np.full(n, UNLABELED, dtype=np.int8)
     labeled = [i for i, g in enumerate(golds) if g is not None]
+    if finished is not None and labeled:
+        cut = [i for i in labeled if not finished[i]]
+        if cut:
+            no_marker = ~has_final_answer([responses[i] for i in cut])
+            verdicts[[i for i, nm in zip(cut, no_marker) if nm]] = NO_ANSWER
+            labeled = [i for i in labeled if verdicts[i] == UNLABELED]
     if labeled:
         verdicts[labeled] = verify_batch_with_fallback(
             [golds[i] for i in labeled], [responses[i] for i in labeled], timeout_s=timeout_s

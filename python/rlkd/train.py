@@ -47,14 +47,15 @@ from rlkd.algorithms import (
 from rlkd.checkpoint import latest_checkpoint, load_training_state, restore_policy, save_checkpoint
 from rlkd.config import Config, config_to_toml, render_template
 from rlkd.data import PromptSampler, build_pools
-from rlkd.evaluate import greedy_pass_at_1
-from rlkd.judge import SingleTokenJudge, TeacherReferences
+from rlkd.evaluate import cached_greedy_pass_at_1, eval_cache_key, greedy_pass_at_1
+from rlkd.judge import JudgeScores, SingleTokenJudge, TeacherReferences
 from rlkd.metrics import auroc
 from rlkd.plots import plot_run
 from rlkd.models import apply_lora, load_causal_lm, load_sequence_classifier, resolve_dtype, set_torch_threads
 from rlkd.rewards import EQUAL, UNLABELED, Reranker, RewardWeights, VRValues, mix_rewards, verifiable_rewards
 from rlkd.rollout import HFRollout, render_prompts
 from rlkd.runlog import RunLog
+from rlkd.significance import correct_by_id, format_comparison, paired_comparison
 
 
 def seed_everything(seed: int) -> None:
@@ -73,9 +74,14 @@ def timed(times: dict[str, float], phase: str):
 class Trainer:
     """Holds the models and state of one run; `run()` is the loop."""
 
-    def __init__(self, cfg: Config, run_dir: Path, *, resume: bool = False) -> None:
+    def __init__(self, cfg: Config, run_dir: Path, *, resume: bool = False, start_model: str | None = None,
+                 start_model_key: str | None = None) -> None:
+        """`start_model`: the policy's initial weights (the SFT checkpoint; default model.name_or_path);
+        `start_model_key` names them for the eval cache (None: the start eval is not cached)."""
         self.cfg = cfg
         self.run_dir = run_dir
+        self.start_model = start_model or cfg.model.name_or_path
+        self.start_model_key = start_model_key
         set_torch_threads(cfg.run.torch_threads)
         transformers.utils.logging.disable_progress_bar()  # ours shows the run; theirs would interleave
         seed_everything(cfg.run.seed)
@@ -94,7 +100,7 @@ class Trainer:
 
         # Policy: fp32 master weights for the optimizer; rollouts run a copy in the compute dtype.
         m = cfg.model
-        self.policy, self.tokenizer = load_causal_lm(m.name_or_path, dtype="float32", device=m.device)
+        self.policy, self.tokenizer = load_causal_lm(self.start_model, dtype="float32", device=m.device)
         if m.lora_rank > 0:
             self.policy = apply_lora(self.policy, m.lora_rank, m.lora_alpha, list(m.lora_target_modules))
         if m.gradient_checkpointing:
@@ -136,7 +142,7 @@ class Trainer:
             if self.judge.needs_reference:
                 teacher = HFRollout(judge_model, judge_tok, max_new_tokens=j.teacher_max_new_tokens, temperature=1.0, top_p=1.0,
                                     batch_size=cfg.rollout.batch_size)
-                cache = Path(j.reference_cache) if j.reference_cache else run_dir / "teacher_references.jsonl"
+                cache = Path(j.reference_cache) if j.reference_cache else teacher_cache_path(cfg)
                 self.references = TeacherReferences(teacher, judge_tok, cache, system_prompt=m.system_prompt or None,
                                                     user_template=m.user_template)
         self.reranker = None
@@ -205,11 +211,18 @@ class Trainer:
         cfg = self.cfg
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=cfg.train.steps, initial=self.step, desc="rlkd", unit="step", disable=not cfg.log.progress_bar)
+        if self.references is not None:
+            self._prefetch_references()
         if self.step == 0 and cfg.train.eval_every > 0:
             self.evaluate()
+        bar = tqdm(total=cfg.train.steps, initial=self.step, desc="rlkd", unit="step", disable=not cfg.log.progress_bar)
+        budget_s = cfg.train.time_budget_min * 60
+        started = time.perf_counter()
         try:
             while self.step < cfg.train.steps:
+                if budget_s and time.perf_counter() - started >= budget_s:
+                    print(f"rlkd: time budget of {cfg.train.time_budget_min:g} min reached after {self.step} steps")
+                    break
                 self._step_start_sampler = self.sampler.state_dict()
                 metrics = self.train_step()
                 self.step += 1
@@ -230,8 +243,10 @@ class Trainer:
             raise
         finally:
             bar.close()
+        self.log.log_metrics(self.step, {"event": "train_done", "time/train_s": time.perf_counter() - started})
         if cfg.train.eval_every > 0:
             self.evaluate()
+            self._compare_start_end()
         if cfg.train.save_final and self._last_checkpoint_step != self.step:
             self.checkpoint()
         self.log.close()
@@ -263,13 +278,15 @@ class Trainer:
         labeled = np.array([g is not None for g in golds])
 
         with timed(times, "verify"):
-            r_vr, verdicts = verifiable_rewards(golds, ro.response_text, self.vr_values, timeout_s=cfg.rewards.fallback_timeout_s)
-        r_judge = p_yes = abstained = None
+            r_vr, verdicts = verifiable_rewards(
+                golds, ro.response_text, self.vr_values, timeout_s=cfg.rewards.fallback_timeout_s,
+                finished=ro.finished if cfg.rewards.truncated_needs_marker else None)
+        r_judge = p_yes = p_no = abstained = references = None
         if self.judge is not None:
             with timed(times, "judge"):
                 references = self._references(questions, golds) if self.judge.needs_reference else None
-                scores = self.judge.score(questions, ro.response_text, references)
-            r_judge, p_yes, abstained = scores.reward, scores.p_yes, scores.abstained
+                scores = self._judge(questions, ro.response_text, references)
+            r_judge, p_yes, p_no, abstained = scores.reward, scores.p_yes, scores.p_no, scores.abstained
         r_rerank = None
         if self.reranker is not None:
             with timed(times, "rerank"):
@@ -284,15 +301,21 @@ class Trainer:
         self._updating = False
 
         metrics = self._step_metrics(ro, rewards, r_vr, verdicts, r_judge, p_yes, abstained, r_rerank, advantages, labeled)
+        if references is not None:
+            metrics["judge/no_reference_rate"] = float(np.mean([r is None for r in references]))
         metrics.update(update_stats)
         metrics.update(times)
         new_tokens = sum(len(r) for r in ro.response_ids)
         metrics["throughput/rollout_tokens_per_s"] = new_tokens / max(times["time/rollout_s"], 1e-9)
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         if cfg.log.samples_every > 0 and (self.step + 1) % cfg.log.samples_every == 0:
+            extracted = _core.extract_answers(ro.response_text)
             self.log.log_samples(self.step + 1, [
-                {"question": q, "gold": g, "response": t, "reward": float(r),
-                 "vr": float(v), "verdict": int(d), "judge": None if r_judge is None else float(r_judge[i]),
+                {"question": q, "gold": g, "response": t, "finished": bool(ro.finished[i]), "extracted": extracted[i],
+                 "reward": float(r), "vr": float(v), "verdict": int(d),
+                 "reference": None if references is None else references[i],
+                 "judge": None if r_judge is None else float(r_judge[i]),
+                 "judge_mass": None if r_judge is None else float(p_yes[i] + p_no[i]),
                  "rerank": None if r_rerank is None else float(r_rerank[i]), "advantage": float(advantages[i])}
                 for i, (q, g, t, r, v, d) in enumerate(zip(questions, golds, ro.response_text, rewards, r_vr, verdicts))
             ])
@@ -303,8 +326,43 @@ class Trainer:
         users = [render_template(m.user_template, question=q) for q in questions]
         return render_prompts(self.tokenizer, users, system_prompt=m.system_prompt or None)
 
-    def _references(self, questions: list[str], golds: list[str | None]) -> list[str]:
-        """Gold answer where the config allows it and one exists, else the teacher's own answer."""
+    def _judge(self, questions: list[str], responses: list[str], references: list[str | None] | None):
+        """The judge's scores; a sample whose question has no reference (the teacher gave no
+        usable answer) is not judged: it abstains (NaN reward), counted as judge/no_reference_rate."""
+        if references is None or all(r is not None for r in references):
+            return self.judge.score(questions, responses, references)
+        rows = [i for i, r in enumerate(references) if r is not None]
+        n = len(responses)
+        nan = np.full(n, np.nan, dtype=np.float32)
+        reward, p_yes, p_no, abstained = nan.copy(), np.zeros(n, np.float32), np.zeros(n, np.float32), np.ones(n, bool)
+        truncated = 0
+        if rows:
+            part = self.judge.score([questions[i] for i in rows], [responses[i] for i in rows], [references[i] for i in rows])
+            reward[rows], p_yes[rows], p_no[rows], abstained[rows] = part.reward, part.p_yes, part.p_no, part.abstained
+            truncated = part.num_truncated
+        return JudgeScores(reward=reward, p_yes=p_yes, p_no=p_no, abstained=abstained, num_truncated=truncated)
+
+    def _prefetch_references(self) -> None:
+        """The teacher solves the unlabeled questions of the whole run up front, in batches (once
+        per question, cached across runs): set-up time, reported, not paid inside the steps."""
+        probe = PromptSampler(self.pools, prompts_per_step=self.cfg.rollout.prompts_per_step,
+                              labeled_fraction=self.cfg.data.labeled_fraction, seed=self.cfg.run.seed)
+        probe.load_state_dict(self.sampler.state_dict())
+        use_gold = self.cfg.judge.reference_source == "gold"
+        questions = sorted({e.question for _ in range(self.step, self.cfg.train.steps) for e in probe.next_batch()
+                            if not (use_gold and e.answer is not None)})
+        start = time.perf_counter()
+        refs = self.references.get(questions, progress=self.cfg.log.progress_bar)
+        took = time.perf_counter() - start
+        missing = sum(r is None for r in refs)
+        print(f"rlkd: teacher references for {len(questions)} unlabeled questions ({took:.0f} s; "
+              f"{missing} without a finished, explicit answer: their judge term abstains)")
+        self.log.log_metrics(self.step, {"event": "teacher_references", "time/teacher_s": took,
+                                         "teacher/questions": len(questions), "teacher/no_reference": missing})
+
+    def _references(self, questions: list[str], golds: list[str | None]) -> list[str | None]:
+        """Gold answer where the config allows it and one exists, else the teacher's own answer
+        (None where the teacher has no finished solution with an explicit answer)."""
         use_gold = self.cfg.judge.reference_source == "gold"
         need_teacher = [q for q, g in zip(questions, golds) if not (use_gold and g is not None)]
         teacher = dict(zip(need_teacher, self.references.get(need_teacher))) if need_teacher else {}
@@ -422,18 +480,46 @@ class Trainer:
         if not self.pools.eval:
             return {}
         start = time.perf_counter()
-        result = greedy_pass_at_1(
-            self.rollout, self.tokenizer, self.pools.eval,
-            system_prompt=cfg.model.system_prompt or None, user_template=cfg.model.user_template,
-            max_new_tokens=cfg.train.eval_max_new_tokens, timeout_s=cfg.rewards.fallback_timeout_s,
-        )
+        m = cfg.model
+        rollout = HFRollout(self.rollout.model, self.tokenizer, max_new_tokens=cfg.train.eval_max_new_tokens,
+                            batch_size=cfg.train.eval_batch_size) if isinstance(self.rollout, HFRollout) else self.rollout
+
+        def run_eval():
+            return greedy_pass_at_1(
+                rollout, self.tokenizer, self.pools.eval,
+                system_prompt=m.system_prompt or None, user_template=m.user_template,
+                max_new_tokens=cfg.train.eval_max_new_tokens, timeout_s=cfg.rewards.fallback_timeout_s,
+                progress=cfg.log.progress_bar,
+            )
+
+        cached = False
+        if self.step == 0 and self.start_model_key is not None:  # the start model's eval is the same every run
+            key = eval_cache_key(self.start_model_key, self.pools.eval, system_prompt=m.system_prompt or None,
+                                 user_template=m.user_template, max_new_tokens=cfg.train.eval_max_new_tokens, dtype=m.dtype)
+            result, cached = cached_greedy_pass_at_1(key, run_eval)
+        else:
+            result = run_eval()
         summary = result.summary()
         summary["time/eval_s"] = time.perf_counter() - start
         self.log.log_metrics(self.step, {"event": "eval", **summary})
         (self.run_dir / "eval").mkdir(exist_ok=True)
-        (self.run_dir / "eval" / f"step-{self.step:06d}.json").write_text(json.dumps({"summary": summary, "rows": result.rows}, indent=1))
-        print(f"rlkd: eval at step {self.step}: pass@1 {result.pass_at_1:.3f} on {result.n} (unknown {result.unknown})")
+        (self.run_dir / "eval" / f"step-{self.step:06d}.json").write_text(json.dumps(result.to_json(), indent=1))
+        lo, hi = summary["eval/pass@1_ci95_low"], summary["eval/pass@1_ci95_high"]
+        print(f"rlkd: eval at step {self.step}: pass@1 {100 * result.pass_at_1:.1f}% (95% CI {100 * lo:.1f}-{100 * hi:.1f})"
+              f" on {result.n}, finished {100 * summary['eval/finished_rate']:.0f}%, unknown {result.unknown}"
+              + (" (cached)" if cached else ""))
         return summary
+
+    def _compare_start_end(self) -> None:
+        """Paired start-vs-end comparison on the same held-out problems -> comparison.json."""
+        first, last = self.run_dir / "eval" / f"step-{0:06d}.json", self.run_dir / "eval" / f"step-{self.step:06d}.json"
+        if self.step == 0 or not first.exists() or not last.exists():
+            return
+        cmp = paired_comparison(correct_by_id(json.loads(first.read_text())["rows"]),
+                                correct_by_id(json.loads(last.read_text())["rows"]))
+        cmp.update(start_step=0, end_step=self.step)
+        (self.run_dir / "comparison.json").write_text(json.dumps(cmp, indent=1))
+        print(f"rlkd: start vs end (step 0 -> {self.step}): {format_comparison(cmp)}")
 
     def checkpoint(self, sampler_state: dict | None = None) -> Path:
         path = save_checkpoint(
@@ -455,8 +541,29 @@ def prepare_run_dir(cfg: Config) -> Path:
     return run_dir
 
 
+def teacher_cache_path(cfg: Config) -> Path:
+    """The teacher's solutions are a function of the teacher, its prompt and its budget: one
+    cache file per such combination, shared by every run."""
+    import hashlib
+
+    from rlkd.weights import cache_dir
+
+    j, m = cfg.judge, cfg.model
+    key = hashlib.sha256(json.dumps([j.name_or_path, j.dtype, m.system_prompt, m.user_template,
+                                     j.teacher_max_new_tokens]).encode()).hexdigest()[:16]
+    return cache_dir() / "teacher" / f"{key}.jsonl"
+
+
 def train(cfg: Config, *, resume_dir: Path | None = None) -> Path:
+    """SFT warm-up (once, cached) when enabled, then the RL run."""
+    start_model, start_key = cfg.model.name_or_path, None
+    if cfg.sft.enabled:
+        from rlkd.sft import warm_up
+
+        sft = warm_up(cfg)
+        start_model, start_key = str(sft.path), f"sft:{sft.key}"
+        print(f"rlkd: RL starts from the SFT checkpoint {sft.path}")
     run_dir = resume_dir if resume_dir is not None else prepare_run_dir(cfg)
-    trainer = Trainer(cfg, run_dir, resume=resume_dir is not None)
+    trainer = Trainer(cfg, run_dir, resume=resume_dir is not None, start_model=start_model, start_model_key=start_key)
     trainer.run()
     return run_dir
