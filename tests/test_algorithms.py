@@ -161,10 +161,10 @@ def _exact_kl_gradients(estimator: str) -> tuple[torch.Tensor, torch.Tensor, tor
     weights = logp.exp().detach()
     k = kl_penalty(logp[None], ref[None], torch.ones(1, 6), estimator=estimator)[0]
     (expected,) = torch.autograd.grad((weights * k).sum(), theta)
-    p = logp.exp()
-    (forward,) = torch.autograd.grad((p * (logp - ref)).sum(), theta)
-    logp2 = torch.log_softmax(theta, -1)
-    (reverse,) = torch.autograd.grad((ref.exp() * (ref - logp2)).sum(), theta)
+    logp = torch.log_softmax(theta, -1)
+    (forward,) = torch.autograd.grad((logp.exp() * (logp - ref)).sum(), theta)
+    logp = torch.log_softmax(theta, -1)
+    (reverse,) = torch.autograd.grad((ref.exp() * (ref - logp)).sum(), theta)
     return expected, forward, reverse
 
 

@@ -163,12 +163,12 @@ from rlkd.algorithms import token_logprobs
 from rlkd.models import enable_gradient_checkpointing
 torch.set_num_threads(1)
 torch.manual_seed(0)
-config = LlamaConfig(vocab_size=256, hidden_size=256, intermediate_size=1024, num_hidden_layers=8,
+config = LlamaConfig(vocab_size=256, hidden_size=128, intermediate_size=512, num_hidden_layers=16,
                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024)
 model = LlamaForCausalLM(config).eval()
 if sys.argv[1] == "on":
     enable_gradient_checkpointing(model)
-ids = torch.randint(0, 256, (2, 512))
+ids = torch.randint(0, 256, (2, 1024))
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 logp, _, _ = token_logprobs(model, ids, torch.ones_like(ids))
 logp.sum().backward()
@@ -181,7 +181,9 @@ def _peak_growth_mib(mode: str) -> float:
     import subprocess
     import sys
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # Blocks above 64 KiB are mmap'ed and unmapped on free, so RSS follows the live tensors
+    # (glibc would otherwise keep freed activations in its heap and the peak would measure that).
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"}
     out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, mode], capture_output=True, text=True, env=env, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -189,7 +191,7 @@ def _peak_growth_mib(mode: str) -> float:
 def test_gradient_checkpointing_lowers_peak_activation_memory() -> None:
     plain, checkpointed = _peak_growth_mib("off"), _peak_growth_mib("on")
     assert plain > 100, plain  # the measurement sees the activations at all
-    assert checkpointed < 0.6 * plain, (plain, checkpointed)
+    assert checkpointed < 0.5 * plain, (plain, checkpointed)
 
 
 def test_gradient_checkpointing_keeps_dropout_off_and_the_gradients(tmp_path: Path, smollm2_path: Path) -> None:
