@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 CONFIG ?= configs/math.toml
 ARGS   ?=
 
-.PHONY: install build train test test-rust test-python bench clean
+.PHONY: install build train reproduce test test-rust test-python bench clean
 
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ build: install
 
 train: build
 	$(VENV)/bin/rlkd-train $(CONFIG) $(ARGS)
+
+# The paper's ablation in miniature (RLVR / semi-supervised / judge-only from one SFT checkpoint).
+reproduce: build
+	$(VENV)/bin/rlkd-ablate $(CONFIG) $(ARGS)
 
 test-rust:
 	cargo test --release

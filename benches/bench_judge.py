@@ -15,7 +15,7 @@ One run, one model (default SmolLM2-135M-Instruct, embedded), the same rows for 
    size is the packed run's mean rows per batch, so only the padding differs. Padding tokens and
    seconds for each; the scores must agree.
 
-Rows: the first n/2 questions of GSM8K test (`../shared/data/gsm8k/test.jsonl`, or `--data`).
+Rows: the first n/2 questions of GSM8K test (the split shipped in `python/rlkd/datasets/`, or `--data`).
 Each gives a CORRECT response -- its gold solution (calculator annotations `<<...>>` removed) --
 and an INCORRECT one -- the same solution with the number after `####` perturbed (+1..+9 or x2,
 seeded), so the working and the final line disagree. The judge runs reference-guided with the
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import gzip
 import json
 import os
 import platform
@@ -51,7 +52,7 @@ from rlkd.judge import SingleTokenJudge  # noqa: E402
 from rlkd.judge_cli import REFERENCE_FREE_TEMPLATE  # noqa: E402
 from rlkd.models import load_causal_lm, set_torch_threads  # noqa: E402
 
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
+DEFAULT_DATA = ROOT / "python" / "rlkd" / "datasets" / "gsm8k_test.jsonl.gz"  # ships with rlkd
 SECTION = "## Judge"
 
 
@@ -59,7 +60,7 @@ def gsm8k_judge_rows(path: Path, n: int, seed: int = 0) -> list[dict]:
     """n rows (n/2 questions): gold solution (correct) and a perturbed final answer (incorrect)."""
     rng = np.random.default_rng(seed)
     rows: list[dict] = []
-    with path.open() as f:
+    with gzip.open(path, "rt") if path.suffix == ".gz" else path.open() as f:
         for line in f:
             if len(rows) >= n:
                 break
@@ -245,7 +246,7 @@ Command: `{command}`
 
 - Rows: per question, the gold solution (calculator annotations removed) as the correct response and the same solution with the number after `####` perturbed as the incorrect one (so the working and the final line disagree); the gold answer is the reference (reference-guided, as training on labeled prompts). `benches/bench_judge.py` documents it.
 - Packed and naive scores agree to {p['max_abs_diff_p_yes']:.1e} (max |dP(Yes)|; in {r['dtype']} a row's padded width changes the rounding). Real tokens: {p['real_tokens']:,}.
-- Quality: a 135M model is no judge (AUROC ~0.5; it rarely starts a written verdict with Yes/No, hence the unparseable rate). This section is about speed; DESIGN.md has judge quality for the Qwen judges (`--model embedded:qwen2.5-coder-1.5b-instruct`).
+- Quality: a 135M model is no judge (AUROC ~0.5; it rarely starts a written verdict with Yes/No, hence the unparseable rate). This section is about speed; docs/judge.md has judge quality for the Qwen judges (`--model embedded:qwen2.5-coder-1.5b-instruct`).
 - Why the ratio is what it is: with ~{r['mean_prompt_tokens']:.0f}-token prompts the prefill (shared by both judges) dominates on a CPU; the generative judge adds {g['mean_new_tokens']:.0f} decode steps. The gap grows with verdict length and on GPUs, where decode steps are latency-bound (see the GPU section).
 - Wall times on a shared 2-core machine (see load average): ratios move by tens of percent between runs.
 """

@@ -137,6 +137,52 @@ def test_value_loss_hand_computed():
     assert loss.item() == pytest.approx(0.5 * (1 + 1 + 1.69) / 3, abs=1e-6)
 
 
+def test_value_clip_zero_turns_clipping_off_instead_of_freezing_the_value_head():
+    values = torch.tensor([[1.0, 0.0, 2.0]], requires_grad=True)
+    old = values.detach().clone()  # right after sampling the values equal the old ones
+    returns = torch.tensor([[0.0, 1.0, 2.5]])
+    mask = torch.ones(1, 3)
+    loss = value_loss(values, old, returns, mask, clip=0.0)
+    assert loss.item() == pytest.approx(0.5 * (1 + 1 + 0.25) / 3, abs=1e-6)  # the plain squared error
+    loss.backward()
+    torch.testing.assert_close(values.grad, (values - returns).detach() / 3)  # gradient (v - R) / n, not 0
+    with pytest.raises(ValueError, match="clip"):
+        value_loss(values, old, returns, mask, clip=-0.1)
+
+
+def _exact_kl_gradients(estimator: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Over a 6-outcome categorical policy: the expected gradient of the estimator used as a
+    loss (E_{x~π}[∇ k(x)], computed exactly by weighting every outcome with π(x), no gradient
+    through the sampling), and the exact gradients of KL(π‖ref) and KL(ref‖π)."""
+    g = torch.Generator().manual_seed(0)
+    theta = torch.randn(6, generator=g, requires_grad=True)
+    ref = torch.log_softmax(torch.randn(6, generator=g), -1)
+    logp = torch.log_softmax(theta, -1)
+    weights = logp.exp().detach()
+    k = kl_penalty(logp[None], ref[None], torch.ones(1, 6), estimator=estimator)[0]
+    (expected,) = torch.autograd.grad((weights * k).sum(), theta)
+    logp = torch.log_softmax(theta, -1)
+    (forward,) = torch.autograd.grad((logp.exp() * (logp - ref)).sum(), theta)
+    logp = torch.log_softmax(theta, -1)
+    (reverse,) = torch.autograd.grad((ref.exp() * (ref - logp)).sum(), theta)
+    return expected, forward, reverse
+
+
+def test_kl_loss_gradients_k1_none_k2_forward_kl_k3_reverse_kl():
+    k1, forward, reverse = _exact_kl_gradients("k1")
+    assert k1.abs().max() < 1e-6 < forward.abs().max()  # k1 as a loss: no KL pull at all
+    torch.testing.assert_close(_exact_kl_gradients("k2")[0], forward)
+    torch.testing.assert_close(_exact_kl_gradients("k3")[0], reverse)
+
+
+def test_update_policy_refuses_k1_as_a_loss_term():
+    model = tiny_model()
+    opt = build_optimizer(model, lr=1e-3)
+    with pytest.raises(ValueError, match="k1"):
+        update_policy(model, opt, [fixed_batch(seq_advantages=[1.0, -1.0, 0.5])], kl_coef=0.1, kl_estimator="k1",
+                      ref_model=copy.deepcopy(model))
+
+
 def test_value_head_alignment_and_roundtrip(tmp_path):
     torch.manual_seed(0)
     head = ValueHead(32)

@@ -207,12 +207,16 @@ def test_lora_model_saved_merged_with_adapter(tmp_path):
     assert (path / "adapter" / "adapter_config.json").is_file()
     assert (path / "adapter" / "adapter_model.safetensors").is_file()
     merged = AutoModelForCausalLM.from_pretrained(path)
+    assert merged.dtype == torch.bfloat16  # the merged weights are for users: bf16, half the disk
+    merged = merged.float()
     keys = set(merged.state_dict())
     assert keys == set(tiny_model().state_dict()) and not any("lora" in k or "base_layer" in k for k in keys)
     ids = torch.tensor([[5, 6, 7, 8, 9]])
     with torch.no_grad():
-        torch.testing.assert_close(merged(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
-        assert not torch.allclose(merged(input_ids=ids).logits, tiny_model()(input_ids=ids).logits, atol=1e-3)
+        want = copy.deepcopy(model).merge_and_unload().to(torch.bfloat16).float()  # the same merge, rounded to bf16
+        torch.testing.assert_close(merged(input_ids=ids).logits, want(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+        base_bf16 = tiny_model().to(torch.bfloat16).float()
+        assert not torch.allclose(merged(input_ids=ids).logits, base_bf16(input_ids=ids).logits, atol=1e-3)
     # the live model is untouched: still a peft model with unmerged adapter weights
     assert isinstance(model, peft.PeftModel)
     for k, v in model.state_dict().items():

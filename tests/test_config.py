@@ -319,3 +319,27 @@ def test_embedded_names_match_the_weights_registry():
     from rlkd.config import EMBEDDED_MODELS
 
     assert set(EMBEDDED_MODELS) == set(weights.EMBEDDED)
+
+
+def test_k1_is_refused_where_the_kl_is_a_loss_term_and_k2_is_accepted():
+    for name in ("grpo", "dr_grpo", "rloo"):
+        text = f'[algorithm]\nname = "{name}"\nkl_coef = 0.05\nkl_estimator = "k1"\n'
+        assert "algorithm.kl_estimator: 'k1' with algorithm.name" in errors_of(text)
+        assert loads_config(text.replace('"k1"', '"k2"')).algorithm.kl_estimator == "k2"
+    # k1 without a KL term, and k1 in PPO's in-reward KL, stay valid
+    assert loads_config('[algorithm]\nkl_estimator = "k1"\n').algorithm.kl_estimator == "k1"
+    assert loads_config('[algorithm]\nname = "ppo"\nkl_coef = 0.05\nkl_estimator = "k1"\n').algorithm.name == "ppo"
+
+
+def test_teacher_template_kwargs_table_round_trips_and_is_checked():
+    default = loads_config("")
+    assert dict(default.judge.teacher_template_kwargs) == {"enable_thinking": False}
+    assert "teacher_template_kwargs = {enable_thinking = false}" in config_to_toml(default)
+    cfg = loads_config('[judge]\nteacher_template_kwargs = {enable_thinking = true, reasoning_effort = "low"}\n')
+    assert dict(cfg.judge.teacher_template_kwargs) == {"enable_thinking": True, "reasoning_effort": "low"}
+    assert loads_config(config_to_toml(cfg)) == cfg
+    assert cfg.to_dict()["judge"]["teacher_template_kwargs"] == {"enable_thinking": True, "reasoning_effort": "low"}
+    over = loads_config("", overrides=["judge.teacher_template_kwargs={}"])
+    assert over.judge.teacher_template_kwargs == ()
+    assert "judge.teacher_template_kwargs: expected a table" in errors_of("[judge]\nteacher_template_kwargs = [1]\n")
+    assert "expected a table" in errors_of("[judge]\nteacher_template_kwargs = {a = [1]}\n")

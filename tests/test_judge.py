@@ -101,3 +101,76 @@ def test_real_instruct_judge_puts_its_mass_on_yes_no(smollm2_path):
     scores = judge.score(QUESTIONS, RESPONSES)
     # Mechanics, not quality: a random model puts ~1e-4 here; the 135M instruct model ~0.26.
     assert (scores.p_yes + scores.p_no).mean() > 0.1
+
+
+def test_judge_forward_builds_no_kv_cache_and_no_full_fp32_copy_of_the_output_layer(tiny_model_path):
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.bfloat16).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    judge = SingleTokenJudge(model, tok, template=TEMPLATE, abstain_threshold=0.0, max_len=512, max_tokens_per_batch=4096)
+    caches = []
+    model.get_decoder().register_forward_hook(lambda _m, _i, out: caches.append(out.past_key_values))
+
+    class LargestFloat32(TorchDispatchMode):  # the largest fp32 tensor any op creates
+        largest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor) and t.dtype == torch.float32:
+                    LargestFloat32.largest = max(LargestFloat32.largest, t.numel())
+            return out
+
+    batch = judge.pack(QUESTIONS, RESPONSES)[0]
+    with torch.no_grad(), LargestFloat32():
+        probs = judge.last_token_probs(batch.input_ids, batch.attention_mask, batch.last_index)
+    assert caches == [None]
+    weight = model.get_output_embeddings().weight
+    assert LargestFloat32.largest < weight.numel() // 4
+    # ... and the result is the fp32 output layer over the last hidden state, exactly as before.
+    with torch.no_grad():
+        ids = torch.as_tensor(np.asarray(batch.input_ids))
+        mask = torch.as_tensor(np.asarray(batch.attention_mask))
+        hidden = model.get_decoder()(input_ids=ids, attention_mask=mask,
+                                     position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).last_hidden_state
+        last = hidden[torch.arange(len(ids)), torch.as_tensor(np.asarray(batch.last_index))]
+        want = torch.softmax(last.float() @ weight.float().T, -1)
+    torch.testing.assert_close(probs, want, rtol=1e-4, atol=1e-7)
+
+
+# Qwen3's switch, reduced to its effect: unless `enable_thinking` is false the assistant turn opens
+# a <think> block (and a Qwen3 teacher spends its tokens there); false closes an empty one.
+QWEN3_LIKE_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n"
+    "{% else %}<think>\n{% endif %}{% endif %}"
+)
+
+
+def test_teacher_references_render_with_the_configured_template_kwargs(tmp_path, tiny_model_path):
+    from rlkd.config import loads_config
+    from rlkd.judge import TeacherReferences
+    from rlkd.rollout import HFRollout
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    tok.chat_template = QWEN3_LIKE_TEMPLATE
+
+    class RecordingRollout(HFRollout):  # the real rollout; it also keeps the prompts it was given
+        prompts: list = []
+
+        def generate(self, prompt_ids, n, **kw):
+            RecordingRollout.prompts += [tok.decode(p) for p in prompt_ids]
+            return super().generate(prompt_ids, n, **kw)
+
+    kwargs = dict(loads_config("").judge.teacher_template_kwargs)  # the default config's
+    teacher = RecordingRollout(model, tok, max_new_tokens=4)
+    refs = TeacherReferences(teacher, tok, tmp_path / "refs.jsonl", system_prompt=None,
+                             user_template="{question}", template_kwargs=kwargs)
+    assert len(refs.get(["What is 2 + 3?"])) == 1
+    assert RecordingRollout.prompts[-1].endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    thinking = TeacherReferences(teacher, tok, tmp_path / "thinking.jsonl", system_prompt=None, user_template="{question}")
+    thinking.get(["What is 2 + 3?"])
+    assert RecordingRollout.prompts[-1].endswith("<|im_start|>assistant\n<think>\n")

@@ -151,3 +151,80 @@ def test_apply_lora(tiny_model_path: Path) -> None:
     model2, _ = load_causal_lm(str(tiny_model_path), dtype="float32")
     with pytest.raises(ValueError, match="not found.*q_proj"):
         apply_lora(model2, rank=4, alpha=8.0, target_modules=["query_key_value"])
+
+
+# Peak RSS growth of one forward + backward of a small Llama (vocab kept small so that the layers'
+# activations, not the logits, dominate), in a fresh process: RSS is the real memory, and a fresh
+# process has no freed-but-kept blocks from an earlier run.
+_PEAK_SCRIPT = r"""
+import resource, sys, torch
+from transformers import LlamaConfig, LlamaForCausalLM
+from rlkd.algorithms import token_logprobs
+from rlkd.models import enable_gradient_checkpointing
+torch.set_num_threads(1)
+torch.manual_seed(0)
+config = LlamaConfig(vocab_size=256, hidden_size=128, intermediate_size=512, num_hidden_layers=16,
+                     num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024)
+model = LlamaForCausalLM(config).eval()
+if sys.argv[1] == "on":
+    enable_gradient_checkpointing(model)
+ids = torch.randint(0, 256, (2, 1024))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+logp, _, _ = token_logprobs(model, ids, torch.ones_like(ids))
+logp.sum().backward()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+"""
+
+
+def _peak_growth_mib(mode: str) -> float:
+    import os
+    import subprocess
+    import sys
+
+    # Blocks above 64 KiB are mmap'ed and unmapped on free, so RSS follows the live tensors
+    # (glibc would otherwise keep freed activations in its heap and the peak would measure that).
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"}
+    out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, mode], capture_output=True, text=True, env=env, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def test_gradient_checkpointing_lowers_peak_activation_memory() -> None:
+    plain, checkpointed = _peak_growth_mib("off"), _peak_growth_mib("on")
+    assert plain > 100, plain  # the measurement sees the activations at all
+    assert checkpointed < 0.5 * plain, (plain, checkpointed)
+
+
+def test_gradient_checkpointing_keeps_dropout_off_and_the_gradients(tmp_path: Path, smollm2_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from rlkd.algorithms import token_logprobs
+    from rlkd.models import enable_gradient_checkpointing
+
+    path = tiny_random_causal_lm(tmp_path / "m", smollm2_path, seed=1)
+    models = []
+    for checkpointing in (False, True):
+        # attention_dropout 0.5: any module switched to training mode by mistake would show
+        model = AutoModelForCausalLM.from_pretrained(path, attention_dropout=0.5).eval()
+        if checkpointing:
+            enable_gradient_checkpointing(model)
+            assert any(m.training for m in model.modules())  # the layers really checkpoint
+            assert not any(m.training for m in model.modules() if "Attention" in type(m).__name__)
+        models.append(model)
+    ids = torch.randint(0, 1000, (2, 24), generator=torch.Generator().manual_seed(0))
+    results = []
+    for model in models:
+        logp, _, _ = token_logprobs(model, ids, torch.ones_like(ids))
+        logp.sum().backward()
+        results.append((logp.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (lp_plain, g_plain), (lp_ckpt, g_ckpt) = results
+    torch.testing.assert_close(lp_ckpt, lp_plain)
+    for name in g_plain:
+        torch.testing.assert_close(g_ckpt[name], g_plain[name], rtol=1e-4, atol=1e-6)
+
+
+def test_model_spec_error_is_part_of_the_one_error_hierarchy() -> None:
+    import rlkd
+
+    with pytest.raises(rlkd.RlkdError, match="unknown embedded model"):
+        resolve_model("embedded:gpt5")
+    assert issubclass(ModelSpecError, ValueError)

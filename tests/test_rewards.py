@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from rlkd import _core
 from rlkd.rewards import EQUAL, NO_ANSWER, NOT_EQUAL, UNLABELED, RewardWeights, VRValues, mix_rewards, verifiable_rewards
@@ -100,3 +101,68 @@ def test_has_final_answer_is_strict_extraction():
 
     assert has_final_answer(["x \\boxed{3}", "#### 4", "The answer is 5.", "3 + 4 = 7", ""]).tolist() == [
         True, True, True, False, False]
+
+
+# A mixed batch: rows of very different lengths, so all but the longest are padded.
+MIXED_Q = ["What is 2 + 3?", "A train travels 60 km in 1.5 hours. What is its average speed in km/h?", "2*2?"]
+MIXED_R = ["5", "Speed is distance over time: 60 / 1.5 = 40. The answer is \\boxed{40}.", "4"]
+
+
+def _save_classifier(model, tokenizer, out):
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_deberta(tmp_path_factory, smollm2_path):
+    """A tiny random DeBERTa-v2 classifier (pools position 0) with SmolLM2's real tokenizer."""
+    from transformers import AutoTokenizer, DebertaV2Config, DebertaV2ForSequenceClassification
+
+    tok = AutoTokenizer.from_pretrained(smollm2_path)
+    config = DebertaV2Config(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                             intermediate_size=64, max_position_embeddings=512, num_labels=2,
+                             pad_token_id=tok.pad_token_id, relative_attention=True, position_buckets=32,
+                             pos_att_type=["p2c", "c2p"])
+    torch.manual_seed(0)
+    return _save_classifier(DebertaV2ForSequenceClassification(config).eval(), tok, tmp_path_factory.mktemp("deberta"))
+
+
+def _alone_and_mixed(path):
+    from rlkd.models import load_sequence_classifier
+    from rlkd.rewards import Reranker
+
+    model, tok = load_sequence_classifier(str(path), dtype="float32", progress=False)
+    mixed = Reranker(model, tok, batch_size=len(MIXED_Q)).score(MIXED_Q, MIXED_R)
+    alone = np.array([Reranker(model, tok, batch_size=1).score([q], [r])[0] for q, r in zip(MIXED_Q, MIXED_R)])
+    return alone, mixed
+
+
+def test_encoder_reranker_reads_a_real_token_in_every_row_of_a_mixed_batch(tiny_deberta):
+    # DeBERTa pools position 0: with left padding every row but the longest would be scored on a pad token.
+    alone, mixed = _alone_and_mixed(tiny_deberta)
+    assert len(set(np.round(alone, 6))) == len(alone)  # the rows really score differently
+    np.testing.assert_allclose(mixed, alone, rtol=1e-4, atol=1e-6)
+
+
+def test_decoder_reranker_row_scores_the_same_alone_and_in_a_mixed_batch(tiny_classifier):
+    alone, mixed = _alone_and_mixed(tiny_classifier)
+    np.testing.assert_allclose(mixed, alone, rtol=1e-4, atol=1e-6)
+
+
+def test_decoder_reranker_reads_the_last_real_token_even_when_it_is_the_pad_id(tiny_classifier):
+    # The pad token is <|im_end|>; a student who writes it as text gets that id back from the
+    # reranker's tokenizer. A causal classifier must still read the row's last token, so appending
+    # it changes the score (transformers' own pooling skips every pad id and reads the token before).
+    from rlkd.models import load_sequence_classifier
+    from rlkd.rewards import Reranker
+
+    model, tok = load_sequence_classifier(str(tiny_classifier), dtype="float32", progress=False)
+    assert tok.padding_side == "right"
+    pad_text = tok.pad_token
+    reranker = Reranker(model, tok, batch_size=2)
+    plain, with_pad = reranker.score(["What is 2 + 3?"] * 2, ["The answer is 5.", "The answer is 5." + pad_text])
+    assert abs(plain - with_pad) > 1e-6
+    # ... and in a batch with a longer row (right-padded with that same id) it scores as alone.
+    batched = reranker.score(["What is 2 + 3?", MIXED_Q[1]], ["The answer is 5." + pad_text, MIXED_R[1]])
+    np.testing.assert_allclose(batched[0], with_pad, rtol=1e-4, atol=1e-6)

@@ -46,7 +46,8 @@ def test_grpo_run_logs_finite_losses_and_every_metric(grpo_run):
         assert np.isfinite(m["loss/total"])
         for key in ("reward/total", "reward/vr", "reward/judge", "vr/accuracy", "judge/abstain_rate",
                     "judge/vr_agreement", "adv/all_equal_group_rate", "response/length_mean",
-                    "time/rollout_s", "time/judge_s", "time/verify_s", "time/update_s", "update/entropy"):
+                    "time/rollout_s", "time/teacher_s", "time/judge_s", "time/verify_s", "time/update_s",
+                    "update/entropy"):
             assert key in m, key
         assert 0.0 <= m["judge/abstain_rate"] <= 1.0
     samples = [json.loads(line) for line in (grpo_run / "samples.jsonl").read_text().splitlines()]
@@ -174,3 +175,84 @@ def test_semi_supervised_mix_with_a_reranker(tmp_path, tiny_model_path):
     m = _steps(run)[0]
     assert 0.0 < m["reward/rerank"] < 1.0 and np.isfinite(m["loss/total"])
     assert "time/rerank_s" in m
+
+
+# ---- interrupts: every stop leaves a checkpoint that resumes to the uninterrupted run ----------
+
+class Interrupt(BaseException):  # what Ctrl-C raises is a BaseException too
+    pass
+
+
+def _tiny_cfg(tmp_path: Path, model: Path, *overrides: str):
+    from rlkd.config import load_config
+
+    return load_config(TINY, [f"run.output_dir={json.dumps(str(tmp_path))}", "run.torch_threads=1",
+                              f"model.name_or_path={json.dumps(str(model))}",
+                              f"judge.name_or_path={json.dumps(str(model))}", "judge.abstain_threshold=0",
+                              "train.steps=3", "train.checkpoint_every=1", "train.eval_every=2", *overrides])
+
+
+def _train(cfg, run_dir: Path | None = None, **kw) -> Path:
+    from rlkd.train import Trainer, prepare_run_dir
+
+    run_dir = run_dir or prepare_run_dir(cfg)
+    Trainer(cfg, run_dir, resume=kw.pop("resume", False), **kw).run()
+    return run_dir
+
+
+def _comparable(run_dir: Path) -> list[dict]:
+    return [{k: v for k, v in m.items() if not k.startswith(VOLATILE)} for m in _steps(run_dir)]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_model_path) -> Path:
+    return _train(_tiny_cfg(tmp_path_factory.mktemp("whole"), tiny_model_path))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["update", "log", "eval", "checkpoint"])
+def test_an_interrupt_at_each_point_resumes_to_the_uninterrupted_run(point, tmp_path, tiny_model_path, uninterrupted):
+    from rlkd.train import INTERRUPT_POINTS, prepare_run_dir
+
+    assert point in INTERRUPT_POINTS
+    cfg = _tiny_cfg(tmp_path, tiny_model_path)
+    run_dir = prepare_run_dir(cfg)
+
+    def stop_in_step_2(at: str, finished_steps: int) -> None:
+        # "update" and "log" come before step 2 is finished, "eval" and "checkpoint" after
+        in_step = finished_steps + 1 if at in ("update", "log") else finished_steps
+        if at == point and in_step == 2:
+            raise Interrupt(f"stopped at {at} of step 2")
+
+    with pytest.raises(Interrupt):
+        _train(cfg, run_dir, interrupt_hook=stop_in_step_2)
+    from rlkd.checkpoint import latest_checkpoint
+
+    saved = json.loads((latest_checkpoint(run_dir) / "trainer_state.json").read_text())
+    # Weights past step 1 but step 2 unfinished: step 1's checkpoint stands; after it: step 2 is saved.
+    assert saved["step"] == (1 if point in ("update", "log") else 2)
+    _train(cfg, run_dir, resume=True)
+    got, want = _comparable(run_dir), _comparable(uninterrupted)
+    assert [m["step"] for m in got] == [1, 2, 3]
+    for g, w in zip(got, want):
+        assert g.keys() == w.keys()
+        for key, value in w.items():
+            if value is None or isinstance(value, str):
+                assert g[key] == value, (g["step"], key)
+            else:
+                assert g[key] == pytest.approx(value, rel=1e-5, abs=1e-7), (g["step"], key)
+    final, whole = (load_file(r / "checkpoints" / "step-000003" / "model.safetensors") for r in (run_dir, uninterrupted))
+    for name, tensor in whole.items():
+        torch.testing.assert_close(final[name], tensor, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_an_empty_update_still_steps_the_lr_schedule(tmp_path, tiny_model_path):
+    # abstain_threshold 1: the judge abstains on every sample, so every reward is NaN and every
+    # update is empty; warm-up must still advance, one step per training step.
+    cfg = _tiny_cfg(tmp_path, tiny_model_path, "judge.abstain_threshold=1", "optim.warmup_steps=4",
+                    "train.eval_every=0", "train.checkpoint_every=0")
+    steps = _steps(_train(cfg))
+    assert [m["update/skipped"] for m in steps] == [1.0, 1.0, 1.0]
+    lr = cfg.optim.lr
+    assert [m["lr"] for m in steps] == pytest.approx([lr * 2 / 4, lr * 3 / 4, lr * 4 / 4])

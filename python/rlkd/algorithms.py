@@ -451,6 +451,11 @@ def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor, *, estimato
     k2 = d^2 / 2;  k3 = exp(-d) + d - 1 = exp(ref - logp) - (ref - logp) - 1 (unbiased,
     always >= 0; Schulman). Zero outside ``mask``. d is clamped to [-20, 20] for k3 so one
     extreme token cannot overflow.
+
+    As a LOSS term (samples from the policy, no gradient through the sampling) the estimators'
+    expected gradients differ from their values: k1's is 0 (E_π[∇log π] = 0: no KL pull at all,
+    which is why only PPO's in-reward KL may use it), k2's is exactly ∇KL(π‖ref), k3's is
+    ∇KL(ref‖π).
     """
     d = torch.where(mask.bool(), logprobs - ref_logprobs, 0.0)
     if estimator == "k1":
@@ -524,9 +529,15 @@ def value_loss(
     denominator: float | None = None,
 ) -> Tensor:
     """Clipped value loss (PPO / ReFT): ``0.5 * agg(max((v - R)^2, (v_clip - R)^2))`` with
-    ``v_clip = old + clamp(v - old, -clip, clip)``. All inputs ``[B, T]``; token_mean by default."""
-    v_clipped = old_values + torch.clamp(values - old_values, -clip, clip)
-    per_token = torch.maximum((values - returns) ** 2, (v_clipped - returns) ** 2)
+    ``v_clip = old + clamp(v - old, -clip, clip)``; ``clip = 0`` turns clipping off (plain
+    ``0.5 * agg((v - R)^2)``: clamping to a zero range would freeze the value head). All inputs
+    ``[B, T]``; token_mean by default."""
+    if clip < 0:
+        raise ValueError(f"value clip must be >= 0, got {clip}")
+    per_token = (values - returns) ** 2
+    if clip > 0:
+        v_clipped = old_values + torch.clamp(values - old_values, -clip, clip)
+        per_token = torch.maximum(per_token, (v_clipped - returns) ** 2)
     return 0.5 * masked_aggregate(per_token, mask.to(values.dtype), aggregation, denominator)
 
 
@@ -736,6 +747,9 @@ def update_policy(
         raise ValueError("no micro-batches")
     if on_policy and (epochs != 1 or (micro_batches_per_step or len(micro_batches)) < len(micro_batches)):
         raise ValueError("on_policy needs one epoch and one optimizer step (the policy must not move before the loss)")
+    if kl_coef > 0 and kl_estimator == "k1":
+        raise ValueError("kl_estimator 'k1' as a loss term has zero expected gradient (no KL pull); use 'k2' "
+                         "(exact gradient of KL(policy || ref)) or 'k3'")
     if kl_coef > 0 and ref_model is None and any(mb.ref_logprobs is None for mb in micro_batches):
         raise ValueError("kl_coef > 0 needs ref_model or precomputed batch.ref_logprobs")
     if value_head is not None and any(mb.returns is None or mb.old_values is None for mb in micro_batches):

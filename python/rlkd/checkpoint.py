@@ -43,7 +43,9 @@ __all__ = [
     "list_checkpoints",
     "load_training_state",
     "restore_policy",
+    "rng_state",
     "save_checkpoint",
+    "set_rng_state",
 ]
 
 CHECKPOINTS = "checkpoints"
@@ -138,7 +140,8 @@ def _is_peft(model: nn.Module) -> bool:
     return isinstance(model, PeftModel)
 
 
-def _rng_state() -> dict[str, Any]:
+def rng_state() -> dict[str, Any]:
+    """The global RNG states (python, numpy, torch CPU and CUDA) in a form `torch.save` keeps."""
     np_state = np.random.get_state(legacy=False)
     assert isinstance(np_state, dict)
     state: dict[str, Any] = {
@@ -158,7 +161,8 @@ def _rng_state() -> dict[str, Any]:
     return state
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` returned."""
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     n = state["numpy"]
@@ -203,6 +207,7 @@ def save_checkpoint(
     scheduler: Any = None,
     value_head: nn.Module | None = None,
     trainer_state: dict[str, Any],
+    rng: dict[str, Any] | None = None,
     keep_last: int | None = None,
 ) -> Path:
     """Write ``run_dir/checkpoints/step-{step:06d}`` atomically, point ``latest`` at it, prune.
@@ -210,8 +215,9 @@ def save_checkpoint(
     ``model`` is a transformers causal LM or a peft model wrapping one (then the merged weights
     are the HF files and the adapter goes to ``adapter/``). ``trainer_state`` must be
     JSON-serialisable; ``"step"`` is set to ``step``. ``keep_last=N`` removes all but the N
-    highest-step checkpoints afterwards (None or 0 keeps everything). Saving a step that already
-    exists replaces it. Returns the checkpoint directory.
+    highest-step checkpoints afterwards (None or 0 keeps everything). ``rng`` is the RNG state to
+    save (from `rng_state`, taken when ``step`` ended); None takes it now. Saving a step that
+    already exists replaces it. Returns the checkpoint directory.
     """
     if keep_last is not None and keep_last < 0:
         raise ValueError(f"keep_last must be >= 0, got {keep_last}")
@@ -240,7 +246,7 @@ def save_checkpoint(
                 "step": int(step),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "rng": _rng_state(),
+                "rng": rng if rng is not None else rng_state(),
             },
             tmp / TRAINING_STATE,
         )
@@ -314,7 +320,7 @@ def load_training_state(
         device = next(value_head.parameters()).device
         value_head.load_state_dict(load_file(str(path), device=str(device)))
     if restore_rng:
-        _set_rng_state(blob["rng"])
+        set_rng_state(blob["rng"])
     return json.loads((ckpt / TRAINER_STATE).read_text())
 
 

@@ -88,6 +88,8 @@ def _opt(
     """A config field: default, one-line doc, type kind and the checks applied on load."""
     if kind is None:
         kind = {bool: "bool", int: "int", float: "float", str: "str"}[type(default)]
+    if kind == "table":  # kept as sorted (key, value) pairs: hashable, so the frozen config stays so
+        default = tuple(sorted(default))
     meta = dict(doc=doc, kind=kind, optional=optional, choices=tuple(choices) if choices else None,
                 ge=ge, gt=gt, le=le, lt=lt, nonempty=nonempty, check=check)
     if isinstance(default, (list, tuple)):
@@ -189,6 +191,10 @@ class JudgeSection:
         "(once per question, cached)", ge=1)
     reference_cache: str = _opt("", "jsonl cache of the teacher's own solutions; empty = a file under "
                                 "<RLKD_CACHE>/teacher/ keyed by teacher, prompt and token budget (shared by runs)")
+    teacher_template_kwargs: tuple[tuple[str, Any], ...] = _opt(
+        (("enable_thinking", False),), "extra variables of the judge model's chat template when the teacher writes "
+        "its own answers, as a TOML table (`{enable_thinking = false}` keeps a Qwen3 teacher from spending its "
+        "tokens in a `<think>` block; templates ignore variables they do not use)", kind="table")
 
 
 @dataclass(frozen=True)
@@ -265,8 +271,10 @@ class AlgorithmSection:
                      "`ppo` (value head + GAE, the paper's)", choices=("grpo", "dr_grpo", "rloo", "ppo"))
     clip_eps: float = _opt(0.2, "PPO-clip ratio range [1-ε, 1+ε]", gt=0, lt=1)
     kl_coef: float = _opt(0.0, "coefficient of the KL to a frozen reference policy; 0 = no reference model loaded", ge=0)
-    kl_estimator: str = _opt("k3", "KL estimator: `k1` (log-ratio) or `k3` (unbiased, non-negative); ppo puts "
-                             "the KL into the per-token reward and needs `k1`", choices=("k1", "k3"))
+    kl_estimator: str = _opt("k3", "KL estimator: `k1` (log-ratio; ppo only, which puts the KL into the per-token "
+                             "reward and needs it), `k2` (d²/2: its gradient is exactly ∇KL(π‖ref)) or `k3` (unbiased, "
+                             "non-negative; its gradient is ∇KL(ref‖π)). grpo/dr_grpo/rloo add the KL as a loss term, "
+                             "where k1's expected gradient is 0, so they refuse it", choices=("k1", "k2", "k3"))
     loss_aggregation: str = _opt("token_mean", "`token_mean` (over all response tokens) or `seq_mean` "
                                  "(per-sequence mean, then over sequences)", choices=("token_mean", "seq_mean"))
     epochs_per_batch: int = _opt(1, "optimisation passes over each rollout batch", ge=1)
@@ -331,8 +339,13 @@ class Config:
     log: LogSection = field(default_factory=LogSection)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        return {f.name: {k: (list(v) if isinstance(v, tuple) else v) for k, v in
-                         dataclasses.asdict(getattr(self, f.name)).items()} for f in dataclasses.fields(self)}
+        def plain(f: dataclasses.Field, v: Any) -> Any:
+            if f.metadata["kind"] == "table":
+                return dict(v)
+            return list(v) if isinstance(v, tuple) else v
+
+        return {s.name: {f.name: plain(f, getattr(getattr(self, s.name), f.name))
+                         for f in dataclasses.fields(getattr(self, s.name))} for s in dataclasses.fields(self)}
 
 
 SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]
@@ -448,7 +461,8 @@ def _parse_override(item: str) -> tuple[str, str, Any]:
 
 
 _KIND_NAMES = {"int": "an integer", "float": "a float", "bool": "a boolean (true/false)", "str": "a string",
-               "str_list": "a list of strings", "float_pair": "a list of 2 floats"}
+               "str_list": "a list of strings", "float_pair": "a list of 2 floats",
+               "table": "a table of booleans, numbers and strings ({name = value, ...})"}
 
 
 def _convert(kind: str, value: Any) -> Any:
@@ -472,6 +486,12 @@ def _convert(kind: str, value: Any) -> Any:
         if (isinstance(value, (list, tuple)) and len(value) == 2
                 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
             return (float(value[0]), float(value[1]))
+    elif kind == "table":
+        items = value.items() if isinstance(value, dict) else value if isinstance(value, tuple) else None
+        if items is not None:
+            pairs = tuple(sorted((k, v) for k, v in items))
+            if all(isinstance(k, str) and isinstance(v, (bool, int, float, str)) for k, v in pairs):
+                return pairs
     raise TypeError
 
 
@@ -740,6 +760,10 @@ def _cross_checks(cfg: Config, where: _Locator) -> list[str]:
     if a.name in ("grpo", "dr_grpo", "rloo") and ro.group_size < 2:
         err("rollout", "group_size", f"must be ≥ 2 for algorithm.name = {a.name!r}: advantages are relative to "
             "the other responses to the same prompt, so a group of one always gets advantage 0 and learns nothing")
+    if a.name != "ppo" and a.kl_coef > 0 and a.kl_estimator == "k1":
+        err("algorithm", "kl_estimator", f"'k1' with algorithm.name = {a.name!r}: {a.name} adds the KL as a loss "
+            "term, where k1's expected gradient is 0 (kl_coef would do nothing); use 'k2' (exact gradient of "
+            "KL(policy || reference)) or 'k3'")
     if a.name == "ppo" and a.kl_coef > 0 and a.kl_estimator != "k1":
         err("algorithm", "kl_estimator", "must be 'k1' with algorithm.name = 'ppo' and kl_coef > 0: ppo adds "
             "the KL penalty to the per-token reward, where only the plain log-ratio (k1) is meaningful")
@@ -780,7 +804,9 @@ def _toml_str(s: str) -> str:
     return "".join(out)
 
 
-def _toml_value(value: Any) -> str:
+def _toml_value(value: Any, kind: str | None = None) -> str:
+    if kind == "table":
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value) + "}"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -806,7 +832,7 @@ def config_to_toml(cfg: Config) -> str:
             if value is None:
                 lines.append(f"# {f.name} = (unset)")
             else:
-                lines.append(f"{f.name} = {_toml_value(value)}")
+                lines.append(f"{f.name} = {_toml_value(value, f.metadata['kind'])}")
     return "\n".join(lines) + "\n"
 
 
@@ -821,7 +847,7 @@ DOCS_END = "<!-- END GENERATED KEYS -->"
 def _type_doc(meta: Mapping[str, Any]) -> str:
     kind = meta["kind"]
     t = {"int": "int", "float": "float", "bool": "bool", "str": "string", "str_list": "list of strings",
-         "float_pair": "[float, float]"}[kind]
+         "float_pair": "[float, float]", "table": "table"}[kind]
     if meta["choices"]:
         t = " \\| ".join(f"`{c}`" for c in meta["choices"])
     bounds = []
@@ -843,7 +869,7 @@ def docs_markdown() -> str:
         out.append("| key | type | default | meaning |")
         out.append("|---|---|---|---|")
         for f in dataclasses.fields(cls):
-            default = "unset" if f.default is None else _toml_value(f.default)
+            default = "unset" if f.default is None else _toml_value(f.default, f.metadata["kind"])
             default = default.replace("|", "\\|")
             doc = f.metadata["doc"].replace("|", "\\|")
             if len(default) > 40:

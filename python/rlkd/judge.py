@@ -234,11 +234,18 @@ class SingleTokenJudge:
         mask = torch.as_tensor(np.asarray(attention_mask), device=device)
         # Left padding: positions must count real tokens only, or padded rows see shifted RoPE.
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        hidden = self.model.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=position_ids).last_hidden_state
+        # use_cache=False: one forward, no generation, so a KV cache would only take memory.
+        hidden = self.model.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=position_ids,
+                                          use_cache=False).last_hidden_state
         rows = torch.arange(ids.shape[0], device=device)
-        last = hidden[rows, torch.as_tensor(np.asarray(last_index), device=device)]
+        last = hidden[rows, torch.as_tensor(np.asarray(last_index), device=device)].float()
+        del hidden
+        # The output layer in fp32 (bf16 logits tie on Yes/No) on the last position only, a slice of
+        # vocabulary rows at a time: a whole fp32 copy of the matrix is ~2.5 GB for Qwen3-8B.
         head = self.model.get_output_embeddings()
-        logits = last.float() @ head.weight.float().T
+        weight, rows_per_slice = head.weight, 4096  # 64 MiB of fp32 per slice at hidden size 4096
+        logits = torch.cat([last @ weight[s:s + rows_per_slice].float().T
+                            for s in range(0, weight.shape[0], rows_per_slice)], dim=-1)
         if getattr(head, "bias", None) is not None:
             logits = logits + head.bias.float()
         return torch.softmax(logits, dim=-1).cpu()
@@ -255,11 +262,13 @@ class TeacherReferences:
     never pay twice.
     """
 
-    def __init__(self, rollout, tokenizer, cache_path, *, system_prompt: str | None, user_template: str) -> None:
+    def __init__(self, rollout, tokenizer, cache_path, *, system_prompt: str | None, user_template: str,
+                 template_kwargs: dict | None = None) -> None:
         import json
         from pathlib import Path
 
         self.rollout, self.tokenizer = rollout, tokenizer
+        self.template_kwargs = dict(template_kwargs or {})  # e.g. enable_thinking=False for Qwen3
         self.system_prompt, self.user_template = system_prompt, user_template
         self.cache_path = Path(cache_path)
         self._cache: dict[str, str | None] = {}
@@ -289,7 +298,8 @@ class TeacherReferences:
         missing = sorted({q for q in questions if self._key(q) not in self._cache})
         if missing:
             users = [render_template(self.user_template, question=q) for q in missing]
-            prompt_ids = render_prompts(self.tokenizer, users, system_prompt=self.system_prompt)
+            prompt_ids = render_prompts(self.tokenizer, users, system_prompt=self.system_prompt,
+                                        template_kwargs=self.template_kwargs)
             out = self.rollout.generate(prompt_ids, 1, greedy=True, progress=progress)
             self.cache_path.parent.mkdir(parents=True, exist_ok=True)
             with self.cache_path.open("a") as f:

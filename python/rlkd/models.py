@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from rlkd._core import RlkdError
 from rlkd.weights import EMBEDDED, ensure_embedded_model
 
 if TYPE_CHECKING:
@@ -28,6 +29,7 @@ __all__ = [
     "ModelSpecError",
     "apply_lora",
     "cpu_supports_bf16",
+    "enable_gradient_checkpointing",
     "load_causal_lm",
     "load_sequence_classifier",
     "resolve_dtype",
@@ -39,8 +41,9 @@ __all__ = [
 EMBEDDED_PREFIX = "embedded:"
 
 
-class ModelSpecError(ValueError):
-    """A model spec that cannot be resolved or loaded (bad path, unknown name, hub unreachable)."""
+class ModelSpecError(RlkdError):
+    """A model spec that cannot be resolved or loaded (bad path, unknown name, hub unreachable).
+    An `RlkdError`, so still a `ValueError`."""
 
 
 def _offline() -> bool:
@@ -258,7 +261,8 @@ def load_sequence_classifier(
     """Load ``(model, tokenizer)`` for a sequence-classification verifier (the optional reranker).
 
     The pad token is set on the tokenizer and on ``model.config`` (decoder classifiers pool the
-    last non-pad token and need it for batches larger than one)."""
+    last non-pad token and need it for batches larger than one). The tokenizer pads on the RIGHT:
+    encoder classifiers pool position 0, which left padding would fill with a pad token."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     path = resolve_model(spec, progress=progress)
@@ -266,6 +270,7 @@ def load_sequence_classifier(
     tokenizer = _prepare_tokenizer(
         _from_pretrained(AutoTokenizer, path, spec, trust_remote_code=trust_remote_code)
     )
+    tokenizer.padding_side = "right"
     model = _from_pretrained(
         AutoModelForSequenceClassification, path, spec,
         dtype=torch_dtype, trust_remote_code=trust_remote_code,
@@ -275,6 +280,29 @@ def load_sequence_classifier(
     model.to(device)
     model.eval()
     return model, tokenizer
+
+
+def enable_gradient_checkpointing(model: Any) -> Any:
+    """Recompute each decoder layer's activations in the backward pass instead of keeping them.
+
+    transformers checkpoints a layer only while that layer is in training mode, and rlkd keeps
+    the policy in eval mode (dropout off: the PPO ratio needs old and new log-probs from the same
+    function). So training mode is switched on for exactly the modules that checkpoint, not for
+    their children: attention, MLP and dropout modules stay in eval mode. A later ``.eval()`` /
+    ``.train()`` (e.g. on a copy) resets this. Works on a peft model too. Returns ``model``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    enable = getattr(base, "activation_checkpointing_enable", None) or base.gradient_checkpointing_enable
+    enable({"use_reentrant": False})  # non-reentrant: no need for inputs that require grad (LoRA)
+    try:
+        from transformers.modeling_layers import GradientCheckpointingLayer
+    except ImportError:  # transformers < 4.52: the decoder stack itself checkpoints its layers
+        GradientCheckpointingLayer = ()  # type: ignore[assignment,misc]
+    layers = [m for m in base.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing]
+    if not layers:
+        layers = [m for m in base.modules() if getattr(m, "gradient_checkpointing", False) is True]
+    for module in layers:
+        module.training = True  # this module only; nn.Module.train() would recurse into dropout
+    return model
 
 
 # ----------------------------------------------------------------------------- test models

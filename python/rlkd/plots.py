@@ -35,7 +35,7 @@ from typing import Any
 __all__ = ["PANELS", "load_metrics", "main", "plot_run", "series"]
 
 # Canonical phase order of the time plot; other time/*_s keys follow alphabetically.
-PHASES = ("rollout", "teacher", "judge", "rerank", "verify", "update", "sync", "checkpoint")
+PHASES = ("rollout", "teacher", "judge", "rerank", "verify", "update", "sync")
 
 
 def load_metrics(path: Path) -> tuple[list[dict], list[dict]]:

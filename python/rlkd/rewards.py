@@ -111,11 +111,31 @@ def mix_rewards(
 
 
 class Reranker:
-    """P(correct) from a sequence-classification verifier over "question\\n\\nresponse"."""
+    """P(correct) from a sequence-classification verifier over (question, response) pairs.
+
+    Each row is read where the classifier pools, whatever the batch around it:
+
+    - encoders (BERT, RoBERTa, DeBERTa: a ``classifier`` head over position 0, the [CLS] token)
+      get RIGHT padding, so position 0 is a real token in every row (left padding would put a
+      pad token there in every row but the longest);
+    - decoder classifiers (Llama, Qwen...: a linear ``score`` head over the last token) run as
+      base model + head here, read at each row's last real token as the attention mask says.
+      transformers finds that token by looking for pad ids, and a response can contain the pad
+      id (a student who writes "<|im_end|>" as text gets it back as that token id).
+    """
 
     def __init__(self, model, tokenizer, *, max_len: int = 1024, batch_size: int = 8) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.max_len, self.batch_size = max_len, batch_size
+        head = getattr(model, "score", None)
+        self._decoder_head = head if isinstance(head, torch.nn.Linear) and model.base_model is not model else None
+
+    def _logits(self, enc) -> torch.Tensor:
+        if self._decoder_head is None:
+            return self.model(**enc).logits
+        hidden = self.model.base_model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+        last = enc["attention_mask"].sum(dim=1) - 1  # right padding: the last real token of each row
+        return self._decoder_head(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
 
     @torch.no_grad()
     def score(self, questions: Sequence[str], responses: Sequence[str]) -> np.ndarray:
@@ -129,9 +149,10 @@ class Reranker:
                 truncation="only_second",
                 max_length=self.max_len,
                 padding=True,
+                padding_side="right",
                 return_tensors="pt",
             ).to(device)
-            logits = self.model(**enc).logits.float()
+            logits = self._logits(enc).float()
             # One logit: sigmoid; two or more: the probability of the last class ("correct").
             probs = torch.sigmoid(logits[:, 0]) if logits.shape[-1] == 1 else torch.softmax(logits, -1)[:, -1]
             out[start:stop] = probs.cpu().numpy()

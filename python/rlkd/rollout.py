@@ -77,6 +77,7 @@ def render_prompts(
     *,
     system_prompt: str | None,
     user_template: str = "{question}",
+    template_kwargs: dict[str, Any] | None = None,
 ) -> list[list[int]]:
     """Token ids of each question rendered with the tokenizer's chat template, ending with the
     assistant header (``add_generation_prompt=True``).
@@ -85,6 +86,7 @@ def render_prompts(
     as ``\\boxed{}``, are left alone). ``system_prompt=None`` sends no system message, so templates
     that insert a default one (Qwen: "You are Qwen, created by Alibaba Cloud...") do so. The text is
     tokenised without adding special tokens: the template already contains them.
+    ``template_kwargs`` are extra variables of the chat template (``enable_thinking=False``).
     """
     if "{question}" not in user_template:
         raise ValueError(f"user_template must contain {{question}}: {user_template!r}")
@@ -99,7 +101,8 @@ def render_prompts(
         if system_prompt is not None:
             messages.append({"role": "system", "content": system_prompt})
         messages.append({"role": "user", "content": user_template.replace("{question}", q)})
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                             **(template_kwargs or {}))
         out.append(list(tokenizer(text, add_special_tokens=False)["input_ids"]))
     return out
 

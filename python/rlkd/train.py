@@ -28,7 +28,9 @@ import random
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -44,14 +46,28 @@ from rlkd.algorithms import (
     token_logprobs,
     update_policy,
 )
-from rlkd.checkpoint import latest_checkpoint, load_training_state, restore_policy, save_checkpoint
+from rlkd.checkpoint import (
+    latest_checkpoint,
+    load_training_state,
+    restore_policy,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from rlkd.config import Config, config_to_toml, render_template
 from rlkd.data import PromptSampler, build_pools
 from rlkd.evaluate import cached_greedy_pass_at_1, eval_cache_key, greedy_pass_at_1
 from rlkd.judge import JudgeScores, SingleTokenJudge, TeacherReferences
 from rlkd.metrics import auroc
 from rlkd.plots import plot_run
-from rlkd.models import apply_lora, load_causal_lm, load_sequence_classifier, resolve_dtype, set_torch_threads
+from rlkd.models import (
+    apply_lora,
+    enable_gradient_checkpointing,
+    load_causal_lm,
+    load_sequence_classifier,
+    resolve_dtype,
+    set_torch_threads,
+)
 from rlkd.rewards import EQUAL, UNLABELED, Reranker, RewardWeights, VRValues, mix_rewards, verifiable_rewards
 from rlkd.rollout import HFRollout, render_prompts
 from rlkd.runlog import RunLog
@@ -71,17 +87,50 @@ def timed(times: dict[str, float], phase: str):
     times[f"time/{phase}_s"] = times.get(f"time/{phase}_s", 0.0) + time.perf_counter() - start
 
 
+@contextmanager
+def rng_preserved():
+    """Whatever runs inside leaves the global RNGs as it found them (an eval must not change
+    what the next training step samples, or eval_every would change the run)."""
+    state = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
+
+
+@dataclass(frozen=True)
+class StepBoundary:
+    """The trainer between two steps, taken at one instant: `step` steps are finished (update
+    applied, metrics logged), `sampler` draws step + 1's batch next and `rng` is the global RNG
+    state step + 1 starts from. Weights, optimizer and scheduler only change inside a step, so a
+    checkpoint of (them + this) is a state the uninterrupted run passed through."""
+
+    step: int
+    sampler: dict[str, Any]
+    rng: dict[str, Any]
+
+
+# Where a test may interrupt the loop (`Trainer.interrupt_hook`): after the update (weights
+# ahead of the last finished step), after the step's metrics are logged (still not finished),
+# before the in-loop eval, before a checkpoint (both after the step is finished).
+INTERRUPT_POINTS = ("update", "log", "eval", "checkpoint")
+
+
 class Trainer:
-    """Holds the models and state of one run; `run()` is the loop."""
+    """Holds the models and state of one run; `run()` is the loop.
+
+    `interrupt_hook(point, step)`, when set, is called at each of `INTERRUPT_POINTS` (tests raise
+    from it to check that every stop leaves a checkpoint that resumes to the same run)."""
 
     def __init__(self, cfg: Config, run_dir: Path, *, resume: bool = False, start_model: str | None = None,
-                 start_model_key: str | None = None) -> None:
+                 start_model_key: str | None = None, interrupt_hook: Callable[[str, int], None] | None = None) -> None:
         """`start_model`: the policy's initial weights (the SFT checkpoint; default model.name_or_path);
         `start_model_key` names them for the eval cache (None: the start eval is not cached)."""
         self.cfg = cfg
         self.run_dir = run_dir
         self.start_model = start_model or cfg.model.name_or_path
         self.start_model_key = start_model_key
+        self.interrupt_hook = interrupt_hook
         set_torch_threads(cfg.run.torch_threads)
         transformers.utils.logging.disable_progress_bar()  # ours shows the run; theirs would interleave
         seed_everything(cfg.run.seed)
@@ -104,7 +153,7 @@ class Trainer:
         if m.lora_rank > 0:
             self.policy = apply_lora(self.policy, m.lora_rank, m.lora_alpha, list(m.lora_target_modules))
         if m.gradient_checkpointing:
-            self.policy.gradient_checkpointing_enable()
+            enable_gradient_checkpointing(self.policy)
         self.compute_dtype = resolve_dtype(m.dtype, m.device)
         self.rollout = self._make_rollout()
 
@@ -144,21 +193,37 @@ class Trainer:
                                     batch_size=cfg.rollout.batch_size)
                 cache = Path(j.reference_cache) if j.reference_cache else teacher_cache_path(cfg)
                 self.references = TeacherReferences(teacher, judge_tok, cache, system_prompt=m.system_prompt or None,
-                                                    user_template=m.user_template)
+                                                    user_template=m.user_template,
+                                                    template_kwargs=dict(j.teacher_template_kwargs))
         self.reranker = None
         if self.weights.rerank > 0:
             r = cfg.reranker
             rr_model, rr_tok = load_sequence_classifier(r.name_or_path, dtype=r.dtype, device=r.device)
             self.reranker = Reranker(rr_model, rr_tok, max_len=r.max_len)
 
-        self.step = 0
         self._last_checkpoint_step = -1
-        self._updating = False  # True while the policy's weights may be half-updated
-        self._step_start_sampler = self.sampler.state_dict()
+        # True from the start of a step's update until the step is finished: the weights are then
+        # ahead of `boundary`, and no checkpoint may be taken.
+        self._updating = False
         self.log = RunLog(run_dir, tensorboard=cfg.log.tensorboard, wandb=cfg.log.wandb,
                           wandb_project=cfg.log.wandb_project, run_name=cfg.run.name)
+        self.boundary = StepBoundary(0, self.sampler.state_dict(), rng_state())
         if resume:
             self._resume()
+
+    @property
+    def step(self) -> int:
+        """Finished steps (read-only: `_finish_step` is the one place it advances)."""
+        return self.boundary.step
+
+    def _finish_step(self) -> None:
+        """Step, sampler position and RNG move to the next step boundary together."""
+        self.boundary = StepBoundary(self.boundary.step + 1, self.sampler.state_dict(), rng_state())
+        self._updating = False
+
+    def _at(self, point: str) -> None:
+        if self.interrupt_hook is not None:
+            self.interrupt_hook(point, self.step)
 
     # -- set-up helpers -------------------------------------------------------------------------
 
@@ -193,15 +258,30 @@ class Trainer:
             for target, source in zip(self.rollout.model.state_dict().values(), self.policy.state_dict().values()):
                 target.copy_(source)
 
+    @contextmanager
+    def _rollout_engine_asleep(self):
+        """vLLM with sleep mode: its KV cache (and weights, offloaded to CPU) leave the GPU while the
+        policy trains; woken before the weight sync. Other engines stay as they are."""
+        engine = self.rollout
+        if not getattr(engine, "enable_sleep_mode", False):
+            yield
+            return
+        engine.sleep(level=1)
+        try:
+            yield
+        finally:
+            engine.wake_up()
+
     def _resume(self) -> None:
         ckpt = latest_checkpoint(self.run_dir)
         if ckpt is None:
             raise FileNotFoundError(f"--resume {self.run_dir}: no checkpoint under {self.run_dir / 'checkpoints'}")
         restore_policy(ckpt, self.policy)
         state = load_training_state(ckpt, optimizer=self.optimizer, scheduler=self.scheduler, value_head=self.value_head)
-        self.step = self._last_checkpoint_step = int(state["step"])
         self.sampler.load_state_dict(state["sampler"])
         self._sync_rollout_weights()
+        self.boundary = StepBoundary(int(state["step"]), self.sampler.state_dict(), rng_state())
+        self._last_checkpoint_step = self.step
         self.log.truncate_from(self.step + 1)
         print(f"rlkd: resumed {self.run_dir} at step {self.step} from {ckpt.name}")
 
@@ -214,7 +294,8 @@ class Trainer:
         if self.references is not None:
             self._prefetch_references()
         if self.step == 0 and cfg.train.eval_every > 0:
-            self.evaluate()
+            with rng_preserved():
+                self.evaluate()
         bar = tqdm(total=cfg.train.steps, initial=self.step, desc="rlkd", unit="step", disable=not cfg.log.progress_bar)
         budget_s = cfg.train.time_budget_min * 60
         started = time.perf_counter()
@@ -223,10 +304,11 @@ class Trainer:
                 if budget_s and time.perf_counter() - started >= budget_s:
                     print(f"rlkd: time budget of {cfg.train.time_budget_min:g} min reached after {self.step} steps")
                     break
-                self._step_start_sampler = self.sampler.state_dict()
                 metrics = self.train_step()
-                self.step += 1
-                self.log.log_metrics(self.step, metrics)
+                self._at("update")
+                self.log.log_metrics(self.step + 1, metrics)
+                self._at("log")
+                self._finish_step()
                 bar.update(1)
                 bar.set_postfix(
                     reward=f"{metrics['reward/total']:.3f}",
@@ -235,8 +317,11 @@ class Trainer:
                     loss=f"{metrics['loss/total']:.3f}",
                 )
                 if cfg.train.eval_every > 0 and self.step % cfg.train.eval_every == 0 and self.step < cfg.train.steps:
-                    self.evaluate()
+                    self._at("eval")
+                    with rng_preserved():
+                        self.evaluate()
                 if cfg.train.checkpoint_every > 0 and self.step % cfg.train.checkpoint_every == 0:
+                    self._at("checkpoint")
                     self.checkpoint()
         except BaseException:  # Ctrl-C, OOM, a bad sample: keep the finished steps
             self._emergency_checkpoint()
@@ -254,13 +339,14 @@ class Trainer:
             print(f"rlkd: plot {path}")
 
     def _emergency_checkpoint(self) -> None:
-        """Saves the last finished step unless it is saved already or the policy is mid-update."""
+        """Saves the last finished step unless it is saved already or the weights are past it
+        (stopped between a step's update and its end: the last checkpoint stands)."""
         if self._updating or self.step == self._last_checkpoint_step:
             where = f"step {self._last_checkpoint_step}" if self._last_checkpoint_step >= 0 else "no checkpoint yet"
             print(f"rlkd: stopped; last checkpoint: {where}", file=sys.stderr)
             return
         try:
-            path = self.checkpoint(sampler_state=self._step_start_sampler)
+            path = self.checkpoint()
         except Exception as err:  # e.g. a full disk: report it, and let the original error propagate
             print(f"rlkd: stopped; the emergency checkpoint failed too ({err})", file=sys.stderr)
             return
@@ -283,8 +369,10 @@ class Trainer:
                 finished=ro.finished if cfg.rewards.truncated_needs_marker else None)
         r_judge = p_yes = p_no = abstained = references = None
         if self.judge is not None:
+            if self.judge.needs_reference:
+                with timed(times, "teacher"):  # gold lookups, and the teacher's own answers (cached)
+                    references = self._references(questions, golds)
             with timed(times, "judge"):
-                references = self._references(questions, golds) if self.judge.needs_reference else None
                 scores = self._judge(questions, ro.response_text, references)
             r_judge, p_yes, p_no, abstained = scores.reward, scores.p_yes, scores.p_no, scores.abstained
         r_rerank = None
@@ -294,11 +382,10 @@ class Trainer:
         rewards = mix_rewards(self.weights, labeled, vr=r_vr, judge=r_judge, rerank=r_rerank)
 
         self._updating = True
-        with timed(times, "update"):
+        with timed(times, "update"), self._rollout_engine_asleep():
             update_stats, advantages = self._update(ro, rewards)
         with timed(times, "sync"):
             self._sync_rollout_weights()
-        self._updating = False
 
         metrics = self._step_metrics(ro, rewards, r_vr, verdicts, r_judge, p_yes, abstained, r_rerank, advantages, labeled)
         if references is not None:
@@ -375,7 +462,8 @@ class Trainer:
         advantages = np.zeros(len(rewards), dtype=np.float32)
         if a.name != "ppo":
             advantages = _core.group_advantages(rewards, G, estimator=a.name, eps=a.adv_eps)
-        if len(keep) == 0:
+        if len(keep) == 0:  # nothing to learn from; the LR schedule still counts the step
+            self.scheduler.step()
             return {"loss/total": float("nan"), "update/skipped": 1.0}, advantages
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         batch = make_policy_batch(
@@ -521,14 +609,18 @@ class Trainer:
         (self.run_dir / "comparison.json").write_text(json.dumps(cmp, indent=1))
         print(f"rlkd: start vs end (step 0 -> {self.step}): {format_comparison(cmp)}")
 
-    def checkpoint(self, sampler_state: dict | None = None) -> Path:
+    def checkpoint(self) -> Path:
+        """Saves the state at the last step boundary (the weights must not be past it)."""
+        if self._updating:
+            raise RuntimeError("checkpoint requested mid-step: the weights are past the last finished step")
+        b = self.boundary
         path = save_checkpoint(
-            self.run_dir, self.step, model=self.policy, tokenizer=self.tokenizer, optimizer=self.optimizer,
+            self.run_dir, b.step, model=self.policy, tokenizer=self.tokenizer, optimizer=self.optimizer,
             scheduler=self.scheduler, value_head=self.value_head,
-            trainer_state={"step": self.step, "sampler": sampler_state or self.sampler.state_dict()},
+            trainer_state={"step": b.step, "sampler": b.sampler}, rng=b.rng,
             keep_last=self.cfg.train.keep_checkpoints or None,
         )
-        self._last_checkpoint_step = self.step
+        self._last_checkpoint_step = b.step
         return path
 
 
@@ -550,7 +642,7 @@ def teacher_cache_path(cfg: Config) -> Path:
 
     j, m = cfg.judge, cfg.model
     key = hashlib.sha256(json.dumps([j.name_or_path, j.dtype, m.system_prompt, m.user_template,
-                                     j.teacher_max_new_tokens]).encode()).hexdigest()[:16]
+                                     j.teacher_max_new_tokens, list(j.teacher_template_kwargs)]).encode()).hexdigest()[:16]
     return cache_dir() / "teacher" / f"{key}.jsonl"
 
 
