@@ -663,17 +663,14 @@ def evaluate_cli(args: argparse.Namespace) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    from rlkd.models import ModelSpecError
+    from rlkd.cli_errors import run_cli
 
-    try:
-        path = evaluate_cli(args)
-    except (RlkdError, ModelSpecError, FileNotFoundError) as err:
-        print(f"rlkd-eval: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\nrlkd-eval: interrupted", file=sys.stderr)
-        return 130
+    args = _parser().parse_args(argv)
+    return run_cli("rlkd-eval", lambda: _main(args))
+
+
+def _main(args: argparse.Namespace) -> int:
+    path = evaluate_cli(args)
     result = json.loads(path.read_text())
     cfg = result["config"]
     print(f"rlkd-eval: {cfg['model_path']} on {cfg['data']} ({result['summary']['items']} labeled questions, "
