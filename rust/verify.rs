@@ -1323,7 +1323,9 @@ mod tests {
     #[test]
     fn percents_and_order() {
         assert_eq!(v("0.125", "It is 12.5 percent."), Equal);
-        assert_eq!(v(r"$62.5\%$", r"\boxed{62.5}"), NotEqual);
+        assert_eq!(v(r"$62.5\%$", r"\boxed{62.5}"), Unknown); // equal without the sign: not sure
+        assert_eq!(v(r"$62.5\%$", r"\boxed{0.625}"), Equal);
+        assert_eq!(v(r"$62.5\%$", r"\boxed{63}"), NotEqual);
         assert_eq!(v(r"40\%", "The increase is 40%."), Equal);
         assert_eq!(v(r"\frac{1}{2}", "The answer is 50%"), Equal);
     }
