@@ -19,8 +19,8 @@
 //!    rational arithmetic (i128 numerator/denominator, overflow → Unknown): integers, decimals,
 //!    scientific notation (`1.5e3`, `1.5\times10^{3}`), `+ - * / \cdot \times \div`, `\frac`
 //!    (also `\frac12`), mixed numbers (`3\frac{1}{2}` = 7/2), small integer powers, perfect
-//!    square roots, `n!`, and `\infty`. Trailing unit words (`\text{..}` words, or plain words of
-//!    two or more letters) and a leading `\$` are dropped. Anything with a variable or a
+//!    square roots, `n!`, and `\infty`. Trailing unit words (`\text{..}` words, common short
+//!    units such as `cm`, or plain words of four or more letters) and a leading `\$` are dropped. Anything with a variable or a
 //!    function is *symbolic*; a run of plain words is *text* (case- and space-insensitive).
 //! 4. **Comparing** follows math-verify 0.9 (the reference this crate is tested against):
 //!    - numbers: if either side was written with a decimal point (a "float"), both values
@@ -32,6 +32,10 @@
 //!      open/closed ends, `x = 2` against `2` by its right side;
 //!    - symbolic values are `Equal` only when their canonical text is identical; otherwise
 //!      deciding would need a CAS, so the verdict is `Unknown`.
+//!    - `NotEqual` only when sure: both sides parsed completely into a supported form. A
+//!      percent on one side only, comma digit groups against a list (`58,500` vs `58, 500`),
+//!      word answers that are anagrams (`xy` vs `yx`: products of symbols) are `Unknown`
+//!      (docs/verify-differences.md, "NotEqual only when sure").
 //!
 //! The argument order is part of the API: the gold is extracted strictly and a bare gold is
 //! used whole, while the output always goes through answer extraction.

@@ -79,3 +79,11 @@ def test_gsm8k_extraction_matches_the_marker(split: str) -> None:
     answers = [r["answer"] for r in rows]
     golds = [a.split("#### ")[-1].strip() for a in answers]
     assert extract_answers(answers) == golds
+
+
+def test_lone_surrogates_are_an_rlkd_error() -> None:
+    from rlkd import InvalidArgumentError, normalize_answer, verify
+
+    for call in (lambda: extract_answer("\ud800"), lambda: normalize_answer("x\udfff"), lambda: verify("1", "\ud800")):
+        with pytest.raises(InvalidArgumentError, match="lone surrogate"):
+            call()
