@@ -33,6 +33,7 @@ impl From<Error> for PyErr {
 // BEGIN text kernels
 use numpy::PyArray1;
 use pyo3::pybacked::PyBackedStr;
+use pyo3::types::PyString;
 
 /// Verdict of `verify`; int values are API: NotEqual=0, Equal=1, Unknown=2, NoAnswer=3.
 #[pyclass(name = "Verdict", module = "rlkd._core", eq, eq_int, hash, frozen)]
@@ -60,8 +61,16 @@ impl From<crate::verify::Verdict> for PyVerdict {
 /// `strict`), or None.
 #[pyfunction]
 #[pyo3(signature = (text, strict = false))]
-fn extract_answer(text: &str, strict: bool) -> Option<String> {
-    crate::extract::extract_answer(text, strict).map(str::to_owned)
+fn extract_answer(text: &Bound<'_, PyString>, strict: bool) -> PyResult<Option<String>> {
+    Ok(crate::extract::extract_answer(&utf8(text, "text")?, strict).map(str::to_owned))
+}
+
+/// A Python str as UTF-8; a lone surrogate (`"\ud800"`) is an InvalidArgumentError, not a
+/// UnicodeEncodeError outside rlkd's error hierarchy.
+fn utf8<'a>(text: &'a Bound<'_, PyString>, name: &str) -> PyResult<std::borrow::Cow<'a, str>> {
+    text.to_cow().map_err(|_| {
+        InvalidArgumentError::new_err(format!("{name} holds a lone surrogate (e.g. '\\ud800'): not valid Unicode text"))
+    })
 }
 
 /// `extract_answer` over a sequence of strings; releases the GIL (parallel when large).
@@ -73,14 +82,14 @@ fn extract_answers(py: Python<'_>, texts: Vec<PyBackedStr>, strict: bool) -> Vec
 
 /// Canonical text of an answer (`\dfrac{6}{4}` -> `1.5`, `1,000` -> `1000`).
 #[pyfunction]
-fn normalize_answer(text: &str) -> String {
-    crate::verify::normalize_answer(text)
+fn normalize_answer(text: &Bound<'_, PyString>) -> PyResult<String> {
+    Ok(crate::verify::normalize_answer(&utf8(text, "text")?))
 }
 
 /// Verdict for (gold, output): gold is a bare answer or a marked solution, output a whole response.
 #[pyfunction]
-fn verify(gold: &str, output: &str) -> PyVerdict {
-    crate::verify::verify(gold, output).into()
+fn verify(gold: &Bound<'_, PyString>, output: &Bound<'_, PyString>) -> PyResult<PyVerdict> {
+    Ok(crate::verify::verify(&utf8(gold, "gold")?, &utf8(output, "output")?).into())
 }
 
 /// Verdict codes (int8) for aligned golds and outputs; releases the GIL (parallel when large).
@@ -179,10 +188,17 @@ mod numeric {
     pub(super) fn py_group_advantages<'py>(
         py: Python<'py>,
         rewards: &Bound<'py, PyAny>,
-        group_size: i64,
+        group_size: &Bound<'py, PyAny>,
         estimator: &str,
         eps: f64,
     ) -> PyResult<Float32Array<'py>> {
+        // `True` is an int to Python; as a group size it is a mistake, not 1.
+        if group_size.is_instance_of::<pyo3::types::PyBool>() {
+            return Err(GroupSizeError::new_err(format!("group_size must be an integer, got {}", group_size.repr()?)));
+        }
+        let group_size: i64 = group_size
+            .extract()
+            .map_err(|_| GroupSizeError::new_err(format!("group_size must be an integer, got {}", group_size.repr().map(|r| r.to_string()).unwrap_or_default())))?;
         let estimator = Estimator::from_name(estimator)?;
         let group_size = usize::try_from(group_size)
             .map_err(|_| GroupSizeError::new_err(format!("group_size must be positive, got {group_size}")))?;

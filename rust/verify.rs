@@ -19,8 +19,8 @@
 //!    rational arithmetic (i128 numerator/denominator, overflow → Unknown): integers, decimals,
 //!    scientific notation (`1.5e3`, `1.5\times10^{3}`), `+ - * / \cdot \times \div`, `\frac`
 //!    (also `\frac12`), mixed numbers (`3\frac{1}{2}` = 7/2), small integer powers, perfect
-//!    square roots, `n!`, and `\infty`. Trailing unit words (`\text{..}` words, or plain words of
-//!    two or more letters) and a leading `\$` are dropped. Anything with a variable or a
+//!    square roots, `n!`, and `\infty`. Trailing unit words (`\text{..}` words, common short
+//!    units such as `cm`, or plain words of four or more letters) and a leading `\$` are dropped. Anything with a variable or a
 //!    function is *symbolic*; a run of plain words is *text* (case- and space-insensitive).
 //! 4. **Comparing** follows math-verify 0.9 (the reference this crate is tested against):
 //!    - numbers: if either side was written with a decimal point (a "float"), both values
@@ -32,6 +32,10 @@
 //!      open/closed ends, `x = 2` against `2` by its right side;
 //!    - symbolic values are `Equal` only when their canonical text is identical; otherwise
 //!      deciding would need a CAS, so the verdict is `Unknown`.
+//!    - `NotEqual` only when sure: both sides parsed completely into a supported form. A
+//!      percent on one side only, comma digit groups against a list (`58,500` vs `58, 500`),
+//!      word answers that are anagrams (`xy` vs `yx`: products of symbols) are `Unknown`
+//!      (docs/verify-differences.md, "NotEqual only when sure").
 //!
 //! The argument order is part of the API: the gold is extracted strictly and a bare gold is
 //! used whole, while the output always goes through answer extraction.
@@ -246,7 +250,9 @@ impl fmt::Display for Rational {
 enum Tok {
     /// A number literal: its exact value (None on overflow), whether it had a decimal point
     /// or exponent, and its digits as written (for `\frac12`).
-    Num { value: Option<Rational>, float: bool, digits: String },
+    /// `grouped`: digit groups were joined across a comma (`1,234`), which could also have
+    /// been a list of two numbers.
+    Num { value: Option<Rational>, float: bool, grouped: bool, digits: String },
     /// `\name` (letters) or `\c` for one non-letter `c`; `\begin{env}` is `begin:env`.
     Cmd(String),
     /// A run of letters; `text` when it came from `\text{..}`-like commands.
@@ -274,11 +280,13 @@ struct Lexer<'a> {
     /// For each open `{`: true when it is a text command's argument (its braces are dropped).
     braces: Vec<bool>,
     pending_text: bool,
+    /// Open `(`, `[`, `\{` minus closed ones: inside them a plain comma separates items.
+    brackets: i64,
     _src: &'a str,
 }
 
 fn lex(src: &str) -> Vec<Tok> {
-    let mut lx = Lexer { chars: src.chars().collect(), i: 0, out: Vec::new(), braces: Vec::new(), pending_text: false, _src: src };
+    let mut lx = Lexer { chars: src.chars().collect(), i: 0, out: Vec::new(), braces: Vec::new(), pending_text: false, brackets: 0, _src: src };
     lx.run();
     lx.out
 }
@@ -293,6 +301,16 @@ impl Lexer<'_> {
     }
     fn starts_with(&self, s: &str) -> bool {
         s.chars().enumerate().all(|(k, c)| self.chars.get(self.i + k) == Some(&c))
+    }
+    fn push(&mut self, t: Tok) {
+        match &t {
+            Tok::Ch('(' | '[') => self.brackets += 1,
+            Tok::Ch(')' | ']') => self.brackets -= 1,
+            Tok::Cmd(c) if c == "{" || c == "langle" => self.brackets += 1,
+            Tok::Cmd(c) if c == "}" || c == "rangle" => self.brackets -= 1,
+            _ => {}
+        }
+        self.out.push(t);
     }
     fn in_text(&self) -> bool {
         self.braces.iter().any(|t| *t)
@@ -310,29 +328,29 @@ impl Lexer<'_> {
                 '{' => {
                     self.braces.push(self.pending_text);
                     if !self.pending_text {
-                        self.out.push(Tok::Ch('{'));
+                        self.push(Tok::Ch('{'));
                     }
                     self.pending_text = false;
                 }
                 '}' => {
                     if !self.braces.pop().unwrap_or(false) {
-                        self.out.push(Tok::Ch('}'));
+                        self.push(Tok::Ch('}'));
                     }
                 }
                 '^' if self.skip_degree() => {}
                 '°' => {}
-                '%' => self.out.push(Tok::Percent),
+                '%' => self.push(Tok::Percent),
                 '$' => {}
-                '−' | '–' => self.out.push(Tok::Ch('-')),
-                '×' => self.out.push(Tok::Cmd("times".into())),
-                '÷' => self.out.push(Tok::Cmd("div".into())),
-                '·' => self.out.push(Tok::Cmd("cdot".into())),
-                '∞' => self.out.push(Tok::Cmd("infty".into())),
-                'π' => self.out.push(Tok::Cmd("pi".into())),
-                '√' => self.out.push(Tok::Cmd("sqrt".into())),
+                '−' | '–' => self.push(Tok::Ch('-')),
+                '×' => self.push(Tok::Cmd("times".into())),
+                '÷' => self.push(Tok::Cmd("div".into())),
+                '·' => self.push(Tok::Cmd("cdot".into())),
+                '∞' => self.push(Tok::Cmd("infty".into())),
+                'π' => self.push(Tok::Cmd("pi".into())),
+                '√' => self.push(Tok::Cmd("sqrt".into())),
                 c if is_space(c) => {}
                 c if c.is_alphabetic() => self.word(c),
-                c => self.out.push(Tok::Ch(c)),
+                c => self.push(Tok::Ch(c)),
             }
         }
     }
@@ -355,10 +373,10 @@ impl Lexer<'_> {
             self.i += 1;
         }
         if word.eq_ignore_ascii_case("percent") {
-            self.out.push(Tok::Percent);
+            self.push(Tok::Percent);
         } else {
             let text = self.in_text();
-            self.out.push(Tok::Word { word, text });
+            self.push(Tok::Word { word, text });
         }
     }
 
@@ -382,30 +400,38 @@ impl Lexer<'_> {
                 }
                 self.pending_text = self.peek(0) == Some('{');
             }
-            "%" => self.out.push(Tok::Percent),
-            "dfrac" | "tfrac" | "cfrac" => self.out.push(Tok::Cmd("frac".into())),
+            "%" => self.push(Tok::Percent),
+            "dfrac" | "tfrac" | "cfrac" => self.push(Tok::Cmd("frac".into())),
             "begin" | "end" => {
                 // `\begin{pmatrix}` → Cmd("begin:pmatrix").
                 let rest: String = self.chars[self.i..].iter().take(40).collect();
                 if let Some(env) = rest.strip_prefix('{').and_then(|r| r.split_once('}')).map(|(e, _)| e.to_string()) {
                     self.i += env.chars().count() + 2;
-                    self.out.push(Tok::Cmd(format!("{name}:{}", env.trim_end_matches('*'))));
+                    self.push(Tok::Cmd(format!("{name}:{}", env.trim_end_matches('*'))));
                 } else {
-                    self.out.push(Tok::Cmd(name));
+                    self.push(Tok::Cmd(name));
                 }
             }
-            _ => self.out.push(Tok::Cmd(name)),
+            _ => self.push(Tok::Cmd(name)),
         }
     }
 
-    /// A separator that may sit between digit groups, and its length in chars.
-    fn group_separator(&self, at: usize) -> Option<usize> {
+    /// A separator that may sit between digit groups: its length in chars, and whether it is
+    /// a comma that could also separate list items (`1,234` vs the list `1, 234`).
+    /// Inside brackets a plain comma is never a digit group separator: `(12,102)` is a pair.
+    fn group_separator(&self, at: usize) -> Option<(usize, bool)> {
         let c = *self.chars.get(at)?;
         let next = |k: usize| self.chars.get(at + k).copied();
         match c {
-            ',' | ' ' | '\u{2009}' | '\u{202F}' | '\u{00A0}' => Some(1),
-            '{' if next(1) == Some(',') && next(2) == Some('}') => Some(3),
-            '\\' if matches!(next(1), Some(',' | ' ' | '!' | ';')) => Some(2),
+            // `10,\!080` (MATH's thousands idiom), then optional spaces.
+            ',' if next(1) == Some('\\') && next(2) == Some('!') => {
+                let spaces = (3..).take_while(|k| next(*k) == Some(' ')).count();
+                Some((3 + spaces, true))
+            }
+            ',' if self.brackets == 0 => Some((1, true)),
+            ' ' | '\u{2009}' | '\u{202F}' | '\u{00A0}' => Some((1, false)),
+            '{' if next(1) == Some(',') && next(2) == Some('}') => Some((3, false)),
+            '\\' if matches!(next(1), Some(',' | ' ' | '!' | ';')) => Some((2, false)),
             _ => None,
         }
     }
@@ -417,8 +443,9 @@ impl Lexer<'_> {
             self.i += 1;
         }
         // Thousands groups: first group ≤ 3 digits, then exactly 3 digits per group.
+        let mut grouped = false;
         if !int.is_empty() && int.len() <= 3 {
-            while let Some(sep) = self.group_separator(self.i) {
+            while let Some((sep, comma)) = self.group_separator(self.i) {
                 let g = self.i + sep;
                 let three = (0..3).all(|k| self.chars.get(g + k).is_some_and(char::is_ascii_digit));
                 let fourth = self.chars.get(g + 3).is_some_and(char::is_ascii_digit);
@@ -427,6 +454,7 @@ impl Lexer<'_> {
                 }
                 int.extend(&self.chars[g..g + 3]);
                 self.i = g + 3;
+                grouped |= comma;
             }
         }
         let mut frac = String::new();
@@ -477,7 +505,7 @@ impl Lexer<'_> {
             digits.push('.');
             digits.push_str(&frac);
         }
-        self.out.push(Tok::Num { value, float, digits });
+        self.push(Tok::Num { value, float, grouped, digits });
     }
 }
 
@@ -490,6 +518,8 @@ pub struct Number {
     value: Rational,
     float: bool,
     percent: bool,
+    /// Written with comma digit groups (`1,234`): a list reading was possible too.
+    grouped: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -508,7 +538,9 @@ enum Value {
     Union(Vec<Value>),
     Matrix(Vec<Vec<Value>>),
     Assign(String, Box<Value>),
-    Text(String),
+    /// Words, lowercased; `plain` when some were not inside `\text{..}` (then, as maths, they
+    /// are products of symbols: `ab` and `ba` are the same answer).
+    Text { words: String, plain: bool },
     Symbolic(String),
 }
 
@@ -647,7 +679,7 @@ fn parse_value(toks: &[Tok], depth: usize) -> Value {
         // Only a list of math values; "some words and x" stays symbolic.
         let set = collection(parts, depth, Value::Set);
         if let Value::Set(items) = &set {
-            if items.iter().all(|v| !matches!(v, Value::Text(_) | Value::Symbolic(_))) {
+            if items.iter().all(|v| !matches!(v, Value::Text { .. } | Value::Symbolic(_))) {
                 return set;
             }
         }
@@ -673,7 +705,9 @@ fn parse_value(toks: &[Tok], depth: usize) -> Value {
         let lhs = sides[0];
         let is_var = lhs.len() == 1 && matches!(&lhs[0], Tok::Word { .. } | Tok::Cmd(_));
         let rhs = sides[sides.len() - 1];
-        if is_var && !rhs.is_empty() {
+        // A chain `x = 1 + 1 = 2` only when every middle side is a value too (not `x = 2 y = 3`).
+        let chain_ok = sides[1..sides.len() - 1].iter().all(|m| !matches!(parse_value(m, depth + 1), Value::Symbolic(_)));
+        if is_var && !rhs.is_empty() && chain_ok {
             return Value::Assign(canonical_text(lhs), Box::new(parse_value(rhs, depth + 1)));
         }
         return symbolic(toks);
@@ -749,7 +783,8 @@ fn scalar_value(toks: &[Tok], depth: usize) -> Value {
             Tok::Word { word, .. } => Some(word.to_lowercase()),
             _ => None,
         }).collect();
-        return Value::Text(words.join(" "));
+        let plain = t.iter().any(|x| matches!(x, Tok::Word { text: false, .. }));
+        return Value::Text { words: words.join(" "), plain };
     }
     while let Some(first) = t.first() {
         if is_cmd(first, "$") || is_word(first, "USD") {
@@ -765,7 +800,7 @@ fn scalar_value(toks: &[Tok], depth: usize) -> Value {
                 percent = true;
                 t = &t[..t.len() - 1];
             }
-            Some(Tok::Word { word, text }) if *text || word.chars().count() >= 2 => {
+            Some(Tok::Word { word, text }) if *text || is_unit_word(word) => {
                 if is_function_name(word) {
                     break;
                 }
@@ -796,6 +831,17 @@ fn scalar_value(toks: &[Tok], depth: usize) -> Value {
     }
 }
 
+/// A plain (not `\text`) word read as a unit and dropped: a common short unit, or any word
+/// of four or more letters. Other short letter runs are variables (`2ab` is not 2).
+fn is_unit_word(w: &str) -> bool {
+    const SHORT_UNITS: &[&str] = &[
+        "cm", "mm", "km", "kg", "mg", "lb", "lbs", "oz", "ft", "yd", "yds", "mi", "mph", "kph",
+        "hr", "hrs", "min", "mins", "sec", "secs", "ml", "mL", "cc", "in", "sq", "cu", "gal",
+        "qt", "pt", "pts", "day", "yr", "yrs", "usd", "USD", "ton", "cup", "GB", "MB", "KB", "kW",
+    ];
+    SHORT_UNITS.contains(&w) || (w.chars().count() >= 4 && !is_function_name(w))
+}
+
 fn is_function_name(w: &str) -> bool {
     matches!(w, "sin" | "cos" | "tan" | "log" | "ln" | "exp" | "sec" | "csc" | "cot")
 }
@@ -803,7 +849,7 @@ fn is_function_name(w: &str) -> bool {
 /// Length of a trailing `^2` / `^{2}` that follows a unit word (0 if none).
 fn unit_power_len(t: &[Tok]) -> usize {
     let n = t.len();
-    let unit_before = |k: usize| k > 0 && matches!(&t[k - 1], Tok::Word { word, text } if *text || word.chars().count() >= 2);
+    let unit_before = |k: usize| k > 0 && matches!(&t[k - 1], Tok::Word { word, text } if *text || is_unit_word(word));
     if n >= 3 && matches!(t[n - 1], Tok::Num { .. }) && matches!(t[n - 2], Tok::Ch('^')) && unit_before(n - 2) {
         return 2;
     }
@@ -943,7 +989,7 @@ impl ExprParser<'_> {
         let tok = self.peek()?.clone();
         self.i += 1;
         match tok {
-            Tok::Num { value, float, .. } => Some(Scalar::Num(Number { value: value?, float, percent: false })),
+            Tok::Num { value, float, grouped, .. } => Some(Scalar::Num(Number { value: value?, float, percent: false, grouped })),
             Tok::Ch('(') | Tok::Ch('{') | Tok::Ch('[') => {
                 let close = match tok {
                     Tok::Ch('(') => ')',
@@ -986,13 +1032,18 @@ impl ExprParser<'_> {
 }
 
 fn num(value: Rational) -> Scalar {
-    Scalar::Num(Number { value, float: false, percent: false })
+    Scalar::Num(Number { value, float: false, percent: false, grouped: false })
 }
 
 /// Arithmetic on two finite numbers; a float operand makes the result a float (as in sympy).
 fn combine(a: Scalar, b: Scalar, op: impl Fn(Rational, Rational) -> Option<Rational>) -> Option<Scalar> {
     match (a, b) {
-        (Scalar::Num(x), Scalar::Num(y)) => Some(Scalar::Num(Number { value: op(x.value, y.value)?, float: x.float || y.float, percent: false })),
+        (Scalar::Num(x), Scalar::Num(y)) => Some(Scalar::Num(Number {
+            value: op(x.value, y.value)?,
+            float: x.float || y.float,
+            percent: false,
+            grouped: x.grouped || y.grouped,
+        })),
         _ => None,
     }
 }
@@ -1029,9 +1080,11 @@ fn compare(gold: &Value, pred: &Value, depth: usize) -> Verdict {
         (Assign(_, gv), p) => compare(gv, p, d),
         (g, Assign(_, pv)) => compare(g, pv, d),
         (Scalar(a), Scalar(b)) => compare_scalars(a, b),
-        (Text(a), Text(b)) => {
+        (Text { words: a, plain: pa }, Text { words: b, plain: pb }) => {
             if a == b {
                 Verdict::Equal
+            } else if (*pa || *pb) && same_letters(a, b) {
+                Verdict::Unknown // `ab` vs `ba`: equal as products of symbols
             } else {
                 Verdict::NotEqual
             }
@@ -1071,11 +1124,35 @@ fn compare(gold: &Value, pred: &Value, depth: usize) -> Verdict {
         }
         (Set(a), Set(b)) | (Union(a), Union(b)) => compare_unordered(a, b, d),
         (Scalar(_), Set(s)) | (Set(s), Scalar(_)) if s.len() <= 1 => Verdict::Unknown,
-        (Scalar(_) | Text(_), Tuple(_) | Set(_) | Interval { .. } | Union(_) | Matrix(_))
-        | (Tuple(_) | Set(_) | Interval { .. } | Union(_) | Matrix(_), Scalar(_) | Text(_)) => Verdict::NotEqual,
-        (Scalar(crate::verify::Scalar::Num(_)), Text(_)) | (Text(_), Scalar(crate::verify::Scalar::Num(_))) => Verdict::NotEqual,
+        // `1,234` next to a list: it may have been the list `1, 234`.
+        (Scalar(crate::verify::Scalar::Num(n)), Tuple(_) | Set(_) | Interval { .. } | Union(_) | Matrix(_))
+        | (Tuple(_) | Set(_) | Interval { .. } | Union(_) | Matrix(_), Scalar(crate::verify::Scalar::Num(n)))
+            if n.grouped =>
+        {
+            Verdict::Unknown
+        }
+        (Scalar(_) | Text { .. }, Tuple(_) | Set(_) | Interval { .. } | Union(_) | Matrix(_))
+        | (Tuple(_) | Set(_) | Interval { .. } | Union(_) | Matrix(_), Scalar(_) | Text { .. }) => Verdict::NotEqual,
+        // A plain `e` or `pi` may be the constant: a CAS decides.
+        (Scalar(crate::verify::Scalar::Num(_)), Text { words, plain: true })
+        | (Text { words, plain: true }, Scalar(crate::verify::Scalar::Num(_)))
+            if matches!(words.as_str(), "e" | "pi") =>
+        {
+            Verdict::Unknown
+        }
+        (Scalar(crate::verify::Scalar::Num(_)), Text { .. }) | (Text { .. }, Scalar(crate::verify::Scalar::Num(_))) => Verdict::NotEqual,
         _ => Verdict::Unknown,
     }
+}
+
+/// Whether two word answers use the same letters (ignoring order, case and spaces).
+fn same_letters(a: &str, b: &str) -> bool {
+    let letters = |s: &str| {
+        let mut v: Vec<char> = s.chars().filter(|c| !c.is_whitespace()).collect();
+        v.sort_unstable();
+        v
+    };
+    letters(a) == letters(b)
 }
 
 /// Order-free comparison: every element must have an Equal partner (and sizes match).
@@ -1144,6 +1221,20 @@ fn compare_scalars(a: &Scalar, b: &Scalar) -> Verdict {
         (Scalar::Inf(_), _) | (_, Scalar::Inf(_)) => return Verdict::NotEqual,
         (Scalar::Num(x), Scalar::Num(y)) => (x, y),
     };
+    let verdict = compare_numbers(x, y);
+    if verdict == Verdict::NotEqual && x.percent != y.percent {
+        // `12.5` vs `12.5%`: a "what percent" gold is often written without the sign, so a
+        // percent on one side only is NotEqual only when the values differ without it too.
+        let plain = |n: &Number| Number { percent: false, ..*n };
+        if compare_numbers(&plain(x), &plain(y)) != Verdict::NotEqual {
+            return Verdict::Unknown;
+        }
+    }
+    verdict
+}
+
+/// math-verify's rules for two finite numbers (see the module doc).
+fn compare_numbers(x: &Number, y: &Number) -> Verdict {
     let eq = |same: bool| if same { Verdict::Equal } else { Verdict::NotEqual };
     let with_percent = |n: &Number| if n.percent { n.value.div(Rational::int(100)) } else { Some(n.value) };
     if x.float || y.float {
@@ -1193,7 +1284,7 @@ impl fmt::Display for Value {
                 write!(f, "[{}]", rows.join(", "))
             }
             Value::Assign(lhs, v) => write!(f, "{lhs} = {v}"),
-            Value::Text(t) | Value::Symbolic(t) => f.write_str(t),
+            Value::Text { words: t, .. } | Value::Symbolic(t) => f.write_str(t),
         }
     }
 }
@@ -1236,7 +1327,9 @@ mod tests {
     #[test]
     fn percents_and_order() {
         assert_eq!(v("0.125", "It is 12.5 percent."), Equal);
-        assert_eq!(v(r"$62.5\%$", r"\boxed{62.5}"), NotEqual);
+        assert_eq!(v(r"$62.5\%$", r"\boxed{62.5}"), Unknown); // equal without the sign: not sure
+        assert_eq!(v(r"$62.5\%$", r"\boxed{0.625}"), Equal);
+        assert_eq!(v(r"$62.5\%$", r"\boxed{63}"), NotEqual);
         assert_eq!(v(r"40\%", "The increase is 40%."), Equal);
         assert_eq!(v(r"\frac{1}{2}", "The answer is 50%"), Equal);
     }
@@ -1279,6 +1372,37 @@ mod tests {
         assert_eq!(v(r"2\sqrt{3}", r"\boxed{\sqrt{12}}"), Unknown);
         assert_eq!(v("5!", r"\boxed{120}"), Equal);
         assert_eq!(v(r"\sqrt{16}", r"\boxed{4}"), Equal);
+    }
+
+    /// NotEqual only when both sides parse completely into a supported normal form.
+    #[test]
+    fn not_equal_only_when_sure() {
+        // `,\!` digit groups (MATH's thousands idiom) are one number.
+        assert_eq!(v(r"10,\!080", r"\boxed{10080}"), Equal);
+        assert_eq!(v("10080", r"\boxed{10,\!080}"), Equal);
+        assert_eq!(v(r"11,\! 111,\! 111,\! 100", r"\boxed{11111111100}"), Equal);
+        // Inside brackets a comma separates items: `(12,102)` is a pair, not 12102.
+        assert_eq!(v(r"(2,12) \cup (12,102)", r"\boxed{(2, 12) \cup (12, 102)}"), Equal);
+        assert_eq!(v("(12,102)", r"\boxed{(12,\,102)}"), Equal);
+        assert_eq!(v("(12,102)", r"\boxed{12102}"), NotEqual);
+        // `58,500` may be the number or the list: against a list it is not decided.
+        assert_eq!(v("58,500", r"\boxed{\{58, 500\}}"), Unknown);
+        assert_eq!(v("58,500", r"\boxed{58500}"), Equal);
+        // A percent on one side only: NotEqual only when the values differ without it too.
+        assert_eq!(v("12.5", "The percentage increase is 12.5%."), Unknown);
+        assert_eq!(v(r"12.5\%", r"\boxed{12.5}"), Unknown);
+        assert_eq!(v("12.5", r"\boxed{13\%}"), NotEqual);
+        assert_eq!(v("0.125", r"\boxed{12.5\%}"), Equal);
+        // Letters are symbols: `xy` = `yx`, and `2ab` is not the number 2 with a unit.
+        assert_eq!(v("xy", r"\boxed{yx}"), Unknown);
+        assert_eq!(v("xy", r"\boxed{xz}"), NotEqual);
+        assert_eq!(v("2ab", r"\boxed{2}"), Unknown);
+        assert_eq!(v("2", r"\boxed{2ab}"), Unknown);
+        assert_eq!(v("5", r"\boxed{5 cm}"), Equal);
+        assert_eq!(v("e", r"\boxed{2.718282}"), Unknown);
+        // `x = 2 y = 3` is not the chain `x = 1 + 1 = 2`.
+        assert_eq!(v("(2, 3)", r"\boxed{x = 2 \quad y = 3}"), Unknown);
+        assert_eq!(v("2", r"\boxed{x = 1 + 1 = 2}"), Equal);
     }
 
     #[test]

@@ -211,3 +211,10 @@ def test_large_batches_take_the_threaded_path_and_agree(estimator):
     got = rlkd.group_advantages(rewards, 8, estimator)
     np.testing.assert_allclose(got, reference_advantages(rewards, 8, estimator, 1e-6), rtol=1e-4, atol=1e-4)
     assert np.all(got[:800] == 0.0)
+
+
+def test_a_bool_group_size_is_refused_not_taken_as_1() -> None:
+    with pytest.raises(GroupSizeError, match="group_size must be an integer, got True"):
+        rlkd.group_advantages(np.ones(4, dtype=np.float32), True)
+    with pytest.raises(GroupSizeError, match="group_size must be an integer"):
+        rlkd.group_advantages(np.ones(4, dtype=np.float32), 2.0)

@@ -134,12 +134,11 @@ def test_json_array_and_unlabeled_sources(tmp_path):
     (['{"question": "Q?", "answer": "#### 1"}', '{"question": "Q2?", "answer": '], r"b\.jsonl:2: invalid JSON at line 2"),
     ([{"question": "Q?", "answer": "#### 1"}, {"q": "Q?", "answer": "#### 1"}],
      r"b\.jsonl:2: line 2: missing field 'question' \(available: answer, q\)"),
-    ([{"question": "Q?", "answer": "#### 1"}, {"question": "Q?"}], r"b\.jsonl:2: line 2: missing field 'answer'"),
     ([{"question": "", "answer": "#### 1"}], r"b\.jsonl:1: line 1: field 'question' must be a non-empty string"),
     (["[1, 2]"], r"b\.jsonl:1: line 1: expected an object"),
     ([{"question": "Q?", "answer": "a long worked solution\nwithout the final marker"}], r"no '#### <answer>' line"),
     ([{"question": "Q?", "answer": "x ####  "}], r"nothing after '####'"),
-    ([{"question": "Q?", "answer": None}], r"field 'answer' must be a string or a number"),
+    ([{"question": "Q?", "answer": True}], r"field 'answer' must be a string or a number"),
     ([{"problem": "P?", "solution": "no box here"}], r"b\.jsonl:1: line 1: field 'solution' has no \\boxed"),
     ([{"text": "P?"}], r"cannot tell the format from the fields \['text'\]"),
 ])
@@ -147,6 +146,34 @@ def test_bad_rows_name_file_and_line(tmp_path, rows, pattern):
     path = write_jsonl(tmp_path / "b.jsonl", rows)
     with pytest.raises(DataError, match=pattern):
         load_examples(path)
+
+
+def test_each_row_says_whether_it_is_labeled(tmp_path):
+    # Row 1 unlabeled must not drop the gold answers of later rows (and vice versa).
+    rows = [{"question": "Q0?"}, {"question": "Q1?", "answer": "#### 1"}, {"question": "Q2?", "answer": ""},
+            {"question": "Q3?", "answer": "#### 3"}]
+    assert [e.answer for e in load_examples(write_jsonl(tmp_path / "m.jsonl", rows))] == [None, "1", None, "3"]
+    math_rows = [{"problem": "P0?"}, {"problem": "P1?", "solution": r"so \boxed{7}"}]
+    assert [e.answer for e in load_examples(write_jsonl(tmp_path / "p.jsonl", math_rows))] == [None, "7"]
+    # A named answer field is required in every row.
+    with pytest.raises(DataError, match=r"m\.jsonl:1: line 1: missing field 'answer'"):
+        load_examples(tmp_path / "m.jsonl", answer_field="answer")
+
+
+def test_binary_files_are_named(tmp_path):
+    (tmp_path / "bin.jsonl").write_bytes(b'{"question": "Q?", "answer": "#### 1"}\n\xff\xfe\x00\x81garbage\n')
+    with pytest.raises(DataError, match=r"bin\.jsonl:2: not UTF-8 text"):
+        load_examples(tmp_path / "bin.jsonl")
+    (tmp_path / "bin.json").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    with pytest.raises(DataError, match=r"bin\.json: not UTF-8 text"):
+        load_examples(tmp_path / "bin.json")
+
+
+def test_an_empty_eval_file_is_refused(tmp_path):
+    train = write_jsonl(tmp_path / "t.jsonl", [{"question": f"Q{i}?", "answer": f"#### {i}"} for i in range(8)])
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(DataError, match=r"empty\.jsonl: no rows, so evaluation would never run"):
+        build_pools(data_cfg(train_path=str(train), eval_path=str(tmp_path / "empty.jsonl"), labeled_count=2), seed=0)
 
 
 def test_bad_sources(tmp_path):

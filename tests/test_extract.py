@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -11,7 +12,8 @@ from hypothesis import strategies as st
 
 from rlkd import extract_answer, extract_answers
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+GSM8K = ROOT / "python" / "rlkd" / "datasets"  # shipped with the package
 
 
 @pytest.mark.parametrize(
@@ -67,15 +69,21 @@ def test_any_text_extracts_without_error(text: str) -> None:
 
 
 def _rows(path: Path) -> list[dict]:
-    if not path.exists():
-        pytest.skip(f"{path} not found (the shared data directory is absent)")
-    with path.open() as f:
+    with gzip.open(path, "rt", encoding="utf-8") as f:
         return [json.loads(line) for line in f]
 
 
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_gsm8k_extraction_matches_the_marker(split: str) -> None:
-    rows = _rows(DATA / "gsm8k" / f"{split}.jsonl")
+    rows = _rows(GSM8K / f"gsm8k_{split}.jsonl.gz")
     answers = [r["answer"] for r in rows]
     golds = [a.split("#### ")[-1].strip() for a in answers]
     assert extract_answers(answers) == golds
+
+
+def test_lone_surrogates_are_an_rlkd_error() -> None:
+    from rlkd import InvalidArgumentError, normalize_answer, verify
+
+    for call in (lambda: extract_answer("\ud800"), lambda: normalize_answer("x\udfff"), lambda: verify("1", "\ud800")):
+        with pytest.raises(InvalidArgumentError, match="lone surrogate"):
+            call()

@@ -228,3 +228,47 @@ def test_model_spec_error_is_part_of_the_one_error_hierarchy() -> None:
     with pytest.raises(rlkd.RlkdError, match="unknown embedded model"):
         resolve_model("embedded:gpt5")
     assert issubclass(ModelSpecError, ValueError)
+
+
+# ---- checks before loading: a clear ModelSpecError naming the problem, no model loaded
+
+
+def _copy_model(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_corrupt_model_dirs_are_named_before_loading(tiny_model_path: Path, tmp_path: Path) -> None:
+    bad_config = _copy_model(tiny_model_path, tmp_path / "bad_config")
+    (bad_config / "config.json").write_text('{"model_type": "llama", ')
+    with pytest.raises(ModelSpecError, match="config.json is corrupt"):
+        load_causal_lm(str(bad_config))
+    truncated = _copy_model(tiny_model_path, tmp_path / "truncated")
+    weights = next(truncated.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ModelSpecError, match="not a complete safetensors file"):
+        load_causal_lm(str(truncated))
+    no_tokenizer = _copy_model(tiny_model_path, tmp_path / "no_tok")
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json"):
+        (no_tokenizer / name).unlink(missing_ok=True)
+    with pytest.raises(ModelSpecError, match="no tokenizer files"):
+        load_causal_lm(str(no_tokenizer))
+
+
+def test_a_non_causal_model_is_refused_before_loading(tmp_path: Path, smollm2_path: Path) -> None:
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+    bert = tmp_path / "bert"
+    BertForMaskedLM(BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=32)).save_pretrained(bert)
+    AutoTokenizer.from_pretrained(smollm2_path).save_pretrained(bert)
+    with pytest.raises(ModelSpecError, match="BertForMaskedLM .*not a causal"):
+        load_causal_lm(str(bert))
+
+
+def test_lora_targets_are_checked_without_loading_weights(tiny_model_path: Path) -> None:
+    models.check_lora_targets(str(tiny_model_path), ["q_proj", "v_proj"])
+    with pytest.raises(ModelSpecError, match=r"'query_key_value' not in .*linear layers are .*q_proj"):
+        models.check_lora_targets(str(tiny_model_path), ["q_proj", "query_key_value"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import threading
 from pathlib import Path
@@ -14,7 +15,9 @@ from hypothesis import strategies as st
 import rlkd
 from rlkd import LengthMismatchError, RlkdError, Verdict, normalize_answer, verify, verify_batch
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+GSM8K = ROOT / "python" / "rlkd" / "datasets"  # shipped with the package
+MATH500 = ROOT / "tests" / "data" / "math500_test.jsonl.gz"  # shipped test fixture
 
 
 def test_verdict_codes_are_api() -> None:
@@ -131,15 +134,13 @@ def test_numbers_equal_themselves_in_every_form(n: int, d: int) -> None:
 
 
 def _rows(path: Path) -> list[dict]:
-    if not path.exists():
-        pytest.skip(f"{path} not found (the shared data directory is absent)")
-    with path.open() as f:
+    with gzip.open(path, "rt", encoding="utf-8") as f:
         return [json.loads(line) for line in f]
 
 
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_gsm8k_gold_verifies_against_its_solution(split: str) -> None:
-    rows = _rows(DATA / "gsm8k" / f"{split}.jsonl")
+    rows = _rows(GSM8K / f"gsm8k_{split}.jsonl.gz")
     golds = [r["answer"].split("#### ")[-1].strip().replace(",", "") for r in rows]
     codes = verify_batch(golds, [r["answer"] for r in rows])
     bad = [(g, r["answer"][-60:]) for g, r, c in zip(golds, rows, codes) if c != int(Verdict.Equal)]
@@ -147,7 +148,7 @@ def test_gsm8k_gold_verifies_against_its_solution(split: str) -> None:
 
 
 def test_math500_answer_verifies_against_its_solution(capsys: pytest.CaptureFixture[str]) -> None:
-    rows = _rows(DATA / "math500" / "test.jsonl")
+    rows = _rows(MATH500)
     codes = verify_batch([r["answer"] for r in rows], [r["solution"] for r in rows])
     equal = float(np.mean(codes == int(Verdict.Equal)))
     with capsys.disabled():

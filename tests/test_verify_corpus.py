@@ -1,14 +1,21 @@
-"""Differential test: the Rust verifier against math-verify 0.9's verdicts on the shared corpus.
+"""Differential tests: the Rust verifier against math-verify 0.9's verdicts.
 
-Agreement is measured on the pairs Rust decides (Equal / NotEqual), excluding rows where
-math-verify timed out (their False is not a verdict). Pairs that hit a documented, deliberate
-difference (docs/verify-differences.md) are excluded by the explicit rules in
-`deliberate_difference` below -- never by id -- and reported with their counts.
+Two shipped fixtures (tests/data/README.md):
+- `verify_corpus.jsonl.gz`: 5,010 (gold, output) pairs. Agreement is measured on the pairs Rust
+  decides (Equal / NotEqual), excluding rows where math-verify timed out (their False is not a
+  verdict). Pairs that hit a documented, deliberate difference (docs/verify-differences.md) are
+  excluded by the explicit rules in `deliberate_difference` below -- never by id -- and
+  reported with their counts.
+- `latex_equivalences.jsonl.gz`: MATH-500 answers rewritten in equivalent forms.
+
+On both, a NotEqual where math-verify says Equal is counted on its own: Rust says NotEqual only
+when it is sure, so every such pair must be a documented math-verify misreading.
 """
 
 from __future__ import annotations
 
 import collections
+import gzip
 import json
 import re
 from pathlib import Path
@@ -21,8 +28,10 @@ def verdict_name(v: Verdict) -> str:
     return repr(v).rsplit(".", 1)[-1]
 
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-CORPUS = DATA / "verify" / "corpus.jsonl"
+FIXTURES = Path(__file__).resolve().parent / "data"
+CORPUS = FIXTURES / "verify_corpus.jsonl.gz"
+EQUIVALENCES = FIXTURES / "latex_equivalences.jsonl.gz"
+INTEGER_SUM = re.compile(r"^[+-]?\d+(?:[+-]\d+)+$")
 
 # `33 903 511`, `47\,833\,407`, `73{,}805{,}975`, thin spaces: digit groups math-verify sums or cuts.
 DIGIT_GROUPS = re.compile(r"^-?\d{1,3}(?:(?: |\\,|\\ |\{,\}|\u2009|\u202f)\d{3})+(?:\.\d+)?$")
@@ -59,10 +68,18 @@ def deliberate_difference(row: dict) -> str | None:
     return None
 
 
-def load_rows() -> list[dict]:
-    if not CORPUS.exists():
-        pytest.skip(f"corpus not found at {CORPUS} (the shared data directory is absent)")
-    with CORPUS.open() as f:
+def math_verify_misreading(row: dict) -> str | None:
+    """Why math-verify's Equal is a misreading, for a pair Rust says is NotEqual (or None)."""
+    if deliberate_difference(row) == "R2 math-verify read only a number out of a larger answer":
+        return "R2 math-verify read only a number out of a larger answer"
+    text, value = row["pred_parsed"][-1].strip(), row["pred_parsed"][0].strip()
+    if INTEGER_SUM.match(text) and str(sum(int(t) for t in re.findall(r"[+-]?\d+", text))) != value:
+        return "R7 math-verify's parse of a long integer sum is not its value"
+    return None
+
+
+def load_rows(path: Path = CORPUS) -> list[dict]:
+    with gzip.open(path, "rt", encoding="utf-8") as f:
         return [json.loads(line) for line in f]
 
 
@@ -74,9 +91,12 @@ def test_corpus_agreement_with_math_verify(capsys: pytest.CaptureFixture[str]) -
     excluded: collections.Counter[str] = collections.Counter()
     disagreements: collections.Counter[str] = collections.Counter()
     examples: dict[str, dict] = {}
+    false_not_equal: collections.Counter[str | None] = collections.Counter()
     for row in considered:
         v = verify(row["gold"], row["pred"])
         verdicts[v] += 1
+        if v == Verdict.NotEqual and row["mv_result"]:
+            false_not_equal[math_verify_misreading(row)] += 1
         if v not in (Verdict.Equal, Verdict.NotEqual):
             continue
         if (v == Verdict.Equal) == row["mv_result"]:
@@ -104,4 +124,21 @@ def test_corpus_agreement_with_math_verify(capsys: pytest.CaptureFixture[str]) -
         for key, n in disagreements.most_common():
             ex = examples[key]
             print(f"[verify corpus] disagreement {key}: {n}  e.g. gold={ex['gold'][:60]!r} pred=...{ex['pred'][-80:]!r}")
+        print(f"[verify corpus] NotEqual where math-verify says Equal: {sum(false_not_equal.values())}")
+        for rule, n in sorted(false_not_equal.items(), key=lambda kv: str(kv[0])):
+            print(f"[verify corpus]   {rule or 'UNEXPLAINED'}: {n}")
     assert agreement >= 0.99, f"agreement {agreement:.2%} < 99% on decided pairs"
+    assert false_not_equal[None] == 0, f"{false_not_equal[None]} NotEqual verdicts on pairs math-verify calls Equal"
+
+
+def test_no_not_equal_on_true_latex_equivalences(capsys: pytest.CaptureFixture[str]) -> None:
+    """MATH-500 answers in equivalent forms that math-verify agrees are Equal: never NotEqual."""
+    rows = [r for r in load_rows(EQUIVALENCES) if r["mv_result"]]
+    assert len(rows) > 10_000
+    verdicts = collections.Counter(verify(r["gold"], r["pred"]) for r in rows)
+    wrong = [(r["rewrite"], r["gold"], r["pred"][-60:]) for r in rows if verify(r["gold"], r["pred"]) == Verdict.NotEqual]
+    with capsys.disabled():
+        print(f"\n[latex equivalences] {len(rows)} pairs math-verify calls Equal: "
+              + ", ".join(f"{verdict_name(k)}={n}" for k, n in sorted(verdicts.items(), key=lambda kv: int(kv[0]))))
+    assert not wrong, f"{len(wrong)} NotEqual on true equivalences, e.g. {wrong[:5]}"
+    assert verdicts[Verdict.Equal] / len(rows) >= 0.95

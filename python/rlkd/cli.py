@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from rlkd._core import RlkdError
+from rlkd.cli_errors import run_cli
 
 
 def _train_parser() -> argparse.ArgumentParser:
@@ -24,27 +24,23 @@ def _train_parser() -> argparse.ArgumentParser:
 
 def train_main(argv: list[str] | None = None) -> int:
     args = _train_parser().parse_args(argv)
-    from rlkd.config import ConfigError, config_to_toml, load_config
+    return run_cli("rlkd-train", lambda: _train(args),
+                   interrupted="interrupted; resume with --resume from the last checkpoint")
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-        if args.resume is not None:
-            _check_resume_config(args.resume, cfg)
-    except (ConfigError, FileNotFoundError) as err:
-        print(f"rlkd-train: {err}", file=sys.stderr)
-        return 2
+
+def _train(args: argparse.Namespace) -> int:
+    from rlkd.config import config_to_toml, load_config
+    from rlkd.preflight import check_run_start
+
+    cfg = load_config(args.config, args.overrides)
+    if args.resume is not None:
+        _check_resume_config(args.resume, cfg)
+    check_run_start(cfg, args.resume)
     print("# resolved config\n" + config_to_toml(cfg))
 
     from rlkd.train import train
 
-    try:
-        run_dir = train(cfg, resume_dir=args.resume)
-    except RlkdError as err:
-        print(f"rlkd-train: {type(err).__name__}: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\nrlkd-train: interrupted; resume with --resume from the last checkpoint", file=sys.stderr)
-        return 130
+    run_dir = train(cfg, resume_dir=args.resume)
     print(f"rlkd: run directory  {run_dir}")
     print(f"rlkd: metrics        {run_dir / 'metrics.jsonl'}")
     print(f"rlkd: samples        {run_dir / 'samples.jsonl'}")

@@ -768,6 +768,11 @@ def _cross_checks(cfg: Config, where: _Locator) -> list[str]:
         err("algorithm", "kl_estimator", "must be 'k1' with algorithm.name = 'ppo' and kl_coef > 0: ppo adds "
             "the KL penalty to the per-token reward, where only the plain log-ratio (k1) is meaningful")
 
+    # The run directory `output_dir/<name>-<timestamp>` must stay inside output_dir.
+    if any(c in cfg.run.name for c in "/\\\0") or cfg.run.name.startswith("."):
+        err("run", "name", f"{cfg.run.name!r} must be a plain name (no '/', '\\' or leading '.'): the run "
+            "directory is output_dir/<name>-<timestamp>")
+
     # Devices / backends.
     model_device = cfg.model.device or cfg.run.device
     if ro.backend == "vllm" and not model_device.startswith("cuda"):

@@ -153,8 +153,12 @@ def _jsonl_rows(p: Path) -> Iterator[tuple[str, Any]]:
     import gzip
 
     opener = gzip.open if p.suffix.lower() == ".gz" else open
-    with opener(p, "rt", encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with opener(p, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DataError(f"{p}:{n}: not UTF-8 text (is this a binary file?)") from None
             if not line.strip():
                 continue
             try:
@@ -166,6 +170,8 @@ def _jsonl_rows(p: Path) -> Iterator[tuple[str, Any]]:
 def _json_rows(p: Path) -> Iterator[tuple[str, Any]]:
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise DataError(f"{p}: not UTF-8 text (is this a binary file?)") from None
     except json.JSONDecodeError as err:
         raise DataError(f"{p}:{err.lineno}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
     if isinstance(data, dict):
@@ -283,7 +289,6 @@ def load_examples(
     fmt = None if format == "auto" else format
     q_field = question_field or None
     a_field = answer_field or None
-    labeled: bool | None = None
     for where, row in rows:
         if limit is not None and len(out) >= limit:
             break
@@ -297,11 +302,10 @@ def load_examples(
                                 "or data.question_field")
             fmt = "gsm8k" if fmt == "unknown" else fmt
         qf = q_field or ("problem" if fmt == "math" else "question")
-        if labeled is None:  # decided on the first row: does this source carry answers?
-            if a_field is not None:
-                labeled = True
-            else:
-                labeled = any(k in row for k in (("answer", "solution") if fmt == "math" else ("answer",)))
+        # Each row says for itself whether it is labeled (a file may mix both); a named
+        # answer_field is required in every row.
+        answer_keys = ("answer", "solution") if fmt == "math" else ("answer",)
+        labeled = a_field is not None or any(row.get(k) not in (None, "") for k in answer_keys)
         question = row.get(qf)
         if qf not in row:
             raise DataError(f"{loc}: missing field {qf!r} (available: {', '.join(sorted(row))})")
@@ -411,6 +415,8 @@ def build_pools(data_cfg: Any, seed: int) -> Pools:
         ev = load_examples(d.eval_path, format=d.format, question_field=d.question_field or None,
                            answer_field=d.answer_field or None, split=d.eval_split, subset=d.hf_subset or None,
                            limit=d.eval_count or None)
+        if not ev:
+            raise DataError(f"{d.eval_path}: no rows, so evaluation would never run (data.eval_path)")
         missing = [e.id for e in ev if e.answer is None]
         if missing:
             raise DataError(f"{d.eval_path}: eval rows need gold answers; {len(missing)} have none (e.g. {missing[0]})")

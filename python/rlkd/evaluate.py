@@ -12,6 +12,7 @@ Unknown verdicts are reported separately and never counted as wrong silently: pa
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import re
 import sys
@@ -572,6 +573,46 @@ def summary_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def check_runtime_args(args: argparse.Namespace) -> None:
+    """--out, sampling, dtype and device values, checked before any model loads."""
+    import math
+
+    import torch
+
+    from rlkd.models import resolve_dtype
+
+    if args.out is not None:
+        out = Path(args.out).expanduser()
+        if out.exists() and not out.is_dir():
+            raise EvalError(f"--out {args.out}: is a file; --out names a directory (eval.json is written inside)")
+        existing = out
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise EvalError(f"--out {args.out}: {existing} is not a writable directory")
+    if not (math.isfinite(args.temperature) and args.temperature > 0):
+        raise EvalError(f"--temperature must be a finite number > 0, got {args.temperature}")
+    if not (math.isfinite(args.top_p) and 0 < args.top_p <= 1):
+        raise EvalError(f"--top-p must lie in (0, 1], got {args.top_p}")
+    if not (math.isfinite(args.verify_timeout) and args.verify_timeout > 0):
+        raise EvalError(f"--verify-timeout must be a finite number of seconds > 0, got {args.verify_timeout}")
+    if args.threads is not None and args.threads < 1:
+        raise EvalError(f"--threads must be >= 1, got {args.threads}")
+    if not 0 < args.gpu_memory_utilization <= 1:
+        raise EvalError(f"--gpu-memory-utilization must lie in (0, 1], got {args.gpu_memory_utilization}")
+    if args.device is not None:
+        try:
+            kind = torch.device(args.device).type
+        except (RuntimeError, ValueError):
+            raise EvalError(f"--device {args.device!r}: not a device; use cpu, cuda or cuda:N") from None
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise EvalError(f"--device {args.device!r}: CUDA is not available on this machine")
+    try:
+        resolve_dtype(args.dtype, args.device or "cpu")
+    except ValueError as err:
+        raise EvalError(f"--dtype: {err}") from None
+
+
 def evaluate_cli(args: argparse.Namespace) -> Path:
     """Everything rlkd-eval does; returns the eval.json path. Raises EvalError / DataError /
     ModelSpecError on bad input."""
@@ -580,6 +621,7 @@ def evaluate_cli(args: argparse.Namespace) -> Path:
     from rlkd.models import load_causal_lm, set_torch_threads
 
     # ---- validate everything cheap before loading any model
+    check_runtime_args(args)
     if args.samples < 0:
         raise EvalError(f"--samples must be >= 0, got {args.samples}")
     if args.no_greedy and args.samples == 0:
@@ -718,17 +760,14 @@ def evaluate_cli(args: argparse.Namespace) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    from rlkd.models import ModelSpecError
+    from rlkd.cli_errors import run_cli
 
-    try:
-        path = evaluate_cli(args)
-    except (RlkdError, ModelSpecError, FileNotFoundError) as err:
-        print(f"rlkd-eval: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\nrlkd-eval: interrupted", file=sys.stderr)
-        return 130
+    args = _parser().parse_args(argv)
+    return run_cli("rlkd-eval", lambda: _main(args))
+
+
+def _main(args: argparse.Namespace) -> int:
+    path = evaluate_cli(args)
     result = json.loads(path.read_text())
     cfg = result["config"]
     print(f"rlkd-eval: {cfg['model_path']} on {cfg['data']} ({result['summary']['items']} labeled questions, "

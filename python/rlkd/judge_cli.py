@@ -488,14 +488,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rlkd.models import ModelSpecError
+    from rlkd.cli_errors import run_cli
 
     args = build_parser().parse_args(argv)
-    try:
-        report = run(args)
-    except (RlkdError, ModelSpecError, FileNotFoundError) as err:
-        print(f"rlkd-judge: error: {err}", file=sys.stderr)
-        return 2
+    return run_cli("rlkd-judge", lambda: _main(args))
+
+
+def _main(args: argparse.Namespace) -> int:
+    report = run(args)
     lc = report["labels"]
     print(f"judge {report['judge']} on {report['data']}: {len(report['rows'])} rows, mode {report['mode']}, "
           f"{report['device']}/{report['dtype']}")  # fmt: skip

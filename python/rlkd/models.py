@@ -28,6 +28,8 @@ __all__ = [
     "EMBEDDED_PREFIX",
     "ModelSpecError",
     "apply_lora",
+    "check_lora_targets",
+    "check_model_dir",
     "cpu_supports_bf16",
     "enable_gradient_checkpointing",
     "load_causal_lm",
@@ -205,6 +207,83 @@ def _prepare_tokenizer(tokenizer: Any) -> Any:
     return tokenizer
 
 
+# ----------------------------------------------------------------------------- checks before loading
+
+_CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+_WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelSpecError(f"model directory {path}: config.json is corrupt ({e})") from None
+    if not isinstance(config, dict):
+        raise ModelSpecError(f"model directory {path}: config.json is not a JSON object")
+    return config
+
+
+def _check_safetensors(file: Path) -> None:
+    """The header of a .safetensors file: 8-byte length, then that much JSON (truncation shows)."""
+    import json
+    import struct
+
+    size = file.stat().st_size
+    with file.open("rb") as f:
+        head = f.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+        if n < 2 or n > size - 8:
+            raise ModelSpecError(f"{file}: not a complete safetensors file ({size} bytes)")
+        try:
+            json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ModelSpecError(f"{file}: corrupt safetensors header") from None
+
+
+def check_model_dir(path: str | Path, *, causal: bool = True) -> None:
+    """What can be checked in a local checkpoint directory before loading it: a readable
+    config.json naming a causal LM architecture (when `causal`), weights, tokenizer files."""
+    path = Path(path)
+    if not path.is_dir():
+        return  # a hub id: transformers checks it
+    config = _read_config(path)
+    archs = config.get("architectures") or []
+    if causal and archs and not any(str(a).endswith(_CAUSAL_SUFFIXES) for a in archs):
+        raise ModelSpecError(
+            f"model directory {path} holds a {', '.join(map(str, archs))} (model_type "
+            f"{config.get('model_type')!r}), not a causal (text-generation) language model"
+        )
+    weights = [f for pattern in _WEIGHT_FILES for f in path.glob(pattern)]
+    if not weights:
+        raise ModelSpecError(f"model directory {path} has no weight files (*.safetensors, *.bin)")
+    for f in weights:
+        if f.suffix == ".safetensors":
+            _check_safetensors(f)
+    if not any((path / name).is_file() for name in _TOKENIZER_FILES):
+        raise ModelSpecError(f"model directory {path} has no tokenizer files ({', '.join(_TOKENIZER_FILES)})")
+
+
+def check_lora_targets(path: str, targets: list[str]) -> None:
+    """Every LoRA target module must exist in the architecture; checked on an empty (meta
+    device) model built from the config, so no weights are loaded."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    leaf_names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name}
+    missing = [t for t in targets if t not in leaf_names and not any(n.endswith(t) for n, _ in model.named_modules())]
+    if missing:
+        linear = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise ModelSpecError(
+            f"model.lora_target_modules: {', '.join(map(repr, missing))} not in {path} "
+            f"({type(model).__name__}); its linear layers are {', '.join(linear)}"
+        )
+
+
 def _from_pretrained(loader: Any, path: str, spec: str, **kwargs: Any) -> Any:
     try:
         return loader.from_pretrained(path, **kwargs)
@@ -236,6 +315,7 @@ def load_causal_lm(
 
     path = resolve_model(spec, progress=progress)
     torch_dtype = resolve_dtype(dtype, device)
+    check_model_dir(path, causal=True)
     tokenizer = _prepare_tokenizer(
         _from_pretrained(AutoTokenizer, path, spec, trust_remote_code=trust_remote_code)
     )

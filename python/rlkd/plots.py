@@ -249,11 +249,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="output directory (default RUN_DIR/plots)")
     p.add_argument("--dpi", type=int, default=110)
     args = p.parse_args(argv)
-    try:
-        paths = plot_run(args.run_dir, args.out, dpi=args.dpi)
-    except FileNotFoundError as err:
-        print(f"rlkd-plot: error: {err}", file=sys.stderr)
-        return 2
+    from rlkd.cli_errors import run_cli
+
+    return run_cli("rlkd-plot", lambda: _main(args))
+
+
+def _main(args: argparse.Namespace) -> int:
+    paths = plot_run(args.run_dir, args.out, dpi=args.dpi)
     if not paths:
         print(f"rlkd-plot: {args.run_dir / 'metrics.jsonl'} has no plottable metrics yet", file=sys.stderr)
         return 1

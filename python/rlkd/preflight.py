@@ -1,0 +1,41 @@
+"""Checks of a training start that need no model: run before anything heavy is loaded."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from rlkd.checkpoint import latest_checkpoint
+from rlkd.config import Config, ConfigError
+
+
+def check_output_dir(output_dir: str) -> None:
+    """`run.output_dir` must be (or be creatable as) a writable directory."""
+    path = Path(output_dir).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"run.output_dir: {str(path)!r} is a file, not a directory")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"run.output_dir: {str(existing)!r} is not writable (the run directory goes under {str(path)!r})")
+
+
+def check_resume_dir(run_dir: Path) -> None:
+    """`--resume RUN_DIR` needs a checkpoint in RUN_DIR."""
+    if not run_dir.is_dir():
+        raise ConfigError(f"--resume {run_dir}: not a directory")
+    if latest_checkpoint(run_dir) is None:
+        raise ConfigError(f"--resume {run_dir}: no checkpoint under {run_dir / 'checkpoints'} (nothing to resume)")
+
+
+def check_run_start(cfg: Config, resume_dir: Path | None) -> None:
+    if resume_dir is not None:
+        check_resume_dir(resume_dir)
+    else:
+        check_output_dir(cfg.run.output_dir)
+    m = cfg.model
+    if m.lora_rank > 0:
+        from rlkd.models import check_lora_targets, resolve_model
+
+        check_lora_targets(resolve_model(m.name_or_path), list(m.lora_target_modules))
