@@ -39,6 +39,9 @@ def train_main(argv: list[str] | None = None) -> int:
 
     try:
         run_dir = train(cfg, resume_dir=args.resume)
+    except ConfigError as err:  # found once the run starts, e.g. the judge.url server disagrees
+        print(f"rlkd-train: {err}", file=sys.stderr)
+        return 2
     except RlkdError as err:
         print(f"rlkd-train: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
