@@ -108,7 +108,7 @@ class Recorded:
 
 @pytest.mark.slow
 def test_grpo_trainer_logs_rlkd_rewards(tmp_path, tiny_model_path, judge):
-    trl = pytest.importorskip("trl", reason="TRL is rlkd's optional `trl` extra (installed by `make test`)")
+    import trl  # rlkd's optional `trl` extra; in `dev`, so `make test` installs it
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -24,12 +24,12 @@ message. On SIGINT/SIGTERM uvicorn stops accepting, the queued rows are still sc
 then the process exits 0.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI reads the handlers' annotations at runtime.
 import argparse
 import asyncio
 import json
 import math
+import signal
 import sys
 import time
 from collections import deque
@@ -219,15 +219,15 @@ def split_openrlhf_query(query: str, prompt: str, end_markers: Sequence[str] = E
     """The response inside OpenRLHF's query (prompt + response as decoded), end markers removed."""
     if not query.startswith(prompt):
         raise ValueError("the query does not start with its prompt")
-    response = query[len(prompt):]
+    response, found = query[len(prompt):], False
     changed = True
     while changed:  # markers may repeat or stack ("<|im_end|>\n<|endoftext|>")
         changed = False
         stripped = response.rstrip()
         for marker in end_markers:
             if stripped.endswith(marker):
-                response, changed = stripped[: -len(marker)], True
-    return response
+                response, changed, found = stripped[: -len(marker)], True, True
+    return response.rstrip() if found else response
 
 
 def parse_openrlhf_request(body: Any, limits: Limits, needs_reference: bool) -> tuple[list[str], list[str], list[str] | None]:
@@ -455,6 +455,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"rlkd-judge serve: {args.judge} loaded in {time.perf_counter() - t0:.1f}s "
           f"(fields: {', '.join(judge.prompt.fields)}); listening on http://{args.host}:{args.port}", flush=True)  # fmt: skip
     app = build_app(judge, limits, model_name=args.judge, unscored_reward=args.unscored_reward)
+    # uvicorn handles SIGINT/SIGTERM (stop accepting, drain, lifespan shutdown), then re-raises
+    # the signal into the handlers it found; these make that a normal exit 0 after the drain.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
     make_server(app, args.host, args.port, log_level=args.log_level).run()
     print("rlkd-judge serve: stopped", flush=True)
     return 0
