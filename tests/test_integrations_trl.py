@@ -44,7 +44,9 @@ def test_verifiable_reward_names_a_missing_column():
 
 @pytest.fixture(scope="module")
 def judge(smollm2_path):
-    return load_judge(str(smollm2_path), mode="reference_free", dtype="float32", device="cpu", max_len=256)
+    # abstain_threshold 0: SmolLM2-135M puts little mass on Yes/No; these tests want finite rewards.
+    return load_judge(str(smollm2_path), mode="reference_free", dtype="float32", device="cpu", max_len=256,
+                      abstain_threshold=0.0)
 
 
 def test_judge_reward_equals_the_judge_and_abstains_to_none(judge):
@@ -128,6 +130,8 @@ def test_grpo_trainer_logs_rlkd_rewards(tmp_path, tiny_model_path, judge):
     logs = [entry for entry in trainer.state.log_history if "rewards/rlkd_judge/mean" in entry]
     assert len(logs) == 2 and len(jr.calls) == 2 and len(vr.calls) == 2
     for entry, judge_out, vr_out in zip(logs, jr.calls, vr.calls):
+        assert len(judge_out) == 4 and all(0 <= v <= 1 for v in judge_out)  # 1 prompt x 4 generations
+        assert entry["rlkd_judge/abstain_rate"] == 0.0  # rlkd's log_metric reached TRL's log
         assert entry["rewards/rlkd_judge/mean"] == pytest.approx(np.mean(judge_out), abs=1e-5)
         assert entry["rewards/rlkd_verifiable/mean"] == pytest.approx(np.mean(vr_out), abs=1e-5)
         assert entry["reward"] == pytest.approx(np.mean(0.5 * np.array(vr_out) + 0.5 * np.array(judge_out)), abs=1e-5)
