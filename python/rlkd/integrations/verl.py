@@ -5,6 +5,9 @@ verl config (``custom_reward_function.path`` = this file, or a two-line file imp
 - :func:`compute_score`: the per-sample signature of verl's ``NaiveRewardManager``
   (``reward_model.reward_manager=naive``): ``compute_score(data_source, solution_str,
   ground_truth, extra_info)`` -> ``{"score": float, ...}``. rlkd's verifier, ReFT values.
+- :func:`judge_score`: the same judge per sample, for verl's asynchronous reward loop (verl >= 0.7,
+  which calls ``compute_score`` per sample from many threads at once): with ``url`` set the
+  ``rlkd-judge serve`` server batches those concurrent calls.
 - :func:`judge_compute_score`: the batched signature of verl's ``BatchRewardManager``
   (``reward_model.reward_manager=batch``): ``f(data_sources, solution_strs, ground_truths,
   extra_infos, **reward_kwargs)`` -> one dict per row. The single-token judge (loaded once per
@@ -27,7 +30,7 @@ import numpy as np
 
 from rlkd.rewards import EQUAL, NO_ANSWER, NOT_EQUAL, VRValues, verifiable_rewards
 
-__all__ = ["compute_score", "judge_compute_score"]
+__all__ = ["compute_score", "judge_compute_score", "judge_score"]
 
 _VERDICT_CODES = {EQUAL: 1, NOT_EQUAL: 0, NO_ANSWER: -1}  # unknown/unlabeled: -2
 
@@ -145,3 +148,10 @@ def judge_compute_score(
             row["verdict"] = float(verdicts[i])
         out.append(row)
     return out
+
+
+def judge_score(data_source: str, solution_str: str, ground_truth: Any, extra_info: dict | None = None, **kwargs: Any) -> dict[str, float]:
+    """:func:`judge_compute_score` for one sample: the per-sample signature of verl's reward loop
+    (verl >= 0.7, ``reward.reward_manager.name=naive``), which runs many samples concurrently in
+    threads. Give it ``url`` (a ``rlkd-judge serve``): the server batches the concurrent calls."""
+    return judge_compute_score([data_source], [solution_str], [ground_truth], [extra_info], **kwargs)[0]
