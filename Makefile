@@ -54,3 +54,6 @@ test-verl: build
 	$(PY) -m pip install -q --no-deps "verl>=0.9,<0.10"
 	$(PY) -m pip install -q ray tensordict omegaconf codetiming
 	$(PY) -m pytest -q tests/test_integrations_verl.py
+
+bench-serve: build
+	$(PY) benches/bench_serve.py
