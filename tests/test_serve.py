@@ -270,7 +270,7 @@ def test_cli_serves_and_shuts_down_cleanly_on_sigterm(tiny_model_path):
     )  # fmt: skip
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 600  # a fresh interpreter imports torch: minutes on a loaded 2-core box
         while True:
             assert proc.poll() is None, proc.stdout.read()
             try:
@@ -283,7 +283,7 @@ def test_cli_serves_and_shuts_down_cleanly_on_sigterm(tiny_model_path):
         status, body = post(url + "/score", {"questions": ["What is 2+2?"], "responses": ["4"]})
         assert status == 200 and 0 <= body["rows"][0]["reward"] <= 1
         proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
+        out, _ = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()
