@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 CONFIG ?= configs/math.toml
 ARGS   ?=
 
-.PHONY: install build train reproduce test test-rust test-python bench clean
+.PHONY: install build train reproduce test test-rust test-python test-verl bench bench-serve clean
 
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,3 +51,13 @@ bench: build
 
 clean:
 	rm -rf $(VENV) target
+
+# verl pins an older transformers than rlkd: install it without its dependencies, plus the
+# modules its reward managers import, and run rlkd's verl tests against verl itself.
+test-verl: build
+	$(PY) -m pip install -q --no-deps "verl>=0.9,<0.10"
+	$(PY) -m pip install -q ray tensordict omegaconf codetiming
+	$(PY) -m pytest -q tests/test_integrations_verl.py
+
+bench-serve: build
+	$(PY) benches/bench_serve.py

@@ -195,6 +195,8 @@ class JudgeSection:
         (("enable_thinking", False),), "extra variables of the judge model's chat template when the teacher writes "
         "its own answers, as a TOML table (`{enable_thinking = false}` keeps a Qwen3 teacher from spending its "
         "tokens in a `<think>` block; templates ignore variables they do not use)", kind="table")
+    url: str = _opt("", "a judge served by `rlkd-judge serve` (e.g. `http://judge-host:8000`) instead of loading "
+                    "`name_or_path` here; the server's model and template then apply. Empty = load locally", check="url_or_empty")
 
 
 @dataclass(frozen=True)
@@ -530,6 +532,9 @@ def _check_field(key: str, meta: Mapping[str, Any], value: Any) -> str | None:
         return _check_model_ref(value, allow_empty=check == "model_or_empty")
     elif check == "data_path":
         return _check_data_path(value)
+    elif check == "url_or_empty":
+        if value and not re.match(r"^https?://[^\s/]+(/\S*)?$", value):
+            return f"must be an http:// or https:// URL (or empty), got {value!r}"
     elif check == "user_template":
         return _check_template(value, required=_MODEL_PLACEHOLDERS, allowed=_MODEL_PLACEHOLDERS, once=False)
     return None

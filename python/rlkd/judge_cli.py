@@ -1,5 +1,7 @@
 """`rlkd-judge JUDGE --data FILE`: how far can the single-token judge be trusted on these rows?
 
+(`rlkd-judge serve JUDGE` serves the judge over HTTP instead: see :mod:`rlkd.serve`.)
+
 Scores a file of (question, response[, reference][, label | gold]) rows with
 :class:`rlkd.judge.SingleTokenJudge` exactly as training does (same default template, system
 prompt, Yes/No words, packing and reading of P(Yes)/(P(Yes)+P(No)) -- the defaults of
@@ -490,6 +492,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     from rlkd.cli_errors import run_cli
 
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:  # `rlkd-judge serve JUDGE ...`: the judge server (rlkd.serve)
+        from rlkd.serve import main as serve_main
+
+        return serve_main(argv[1:])
     args = build_parser().parse_args(argv)
     return run_cli("rlkd-judge", lambda: _main(args))
 

@@ -175,7 +175,11 @@ class Trainer:
         self.judge = None
         self.references = None
         j = cfg.judge
-        if self.weights.judge > 0:
+        if self.weights.judge > 0 and j.url:  # a judge on its own machine (`rlkd-judge serve`)
+            from rlkd.judge_client import remote_judge_from_config
+
+            self.judge = remote_judge_from_config(cfg)
+        elif self.weights.judge > 0:
             judge_model, judge_tok = load_causal_lm(j.name_or_path, dtype=j.dtype, device=j.device)
             self.judge = SingleTokenJudge(
                 judge_model,
