@@ -44,11 +44,13 @@ from rlkd.algorithms import (
     token_logprobs,
     update_policy,
 )
+from rlkd.calibration import JudgeCalibrator
 from rlkd.checkpoint import latest_checkpoint, load_training_state, restore_policy, save_checkpoint
 from rlkd.config import Config, config_to_toml, render_template
 from rlkd.data import PromptSampler, build_pools
 from rlkd.evaluate import greedy_pass_at_1
 from rlkd.judge import SingleTokenJudge, TeacherReferences
+from rlkd.monitor import HackingAlert, HackingMonitor, MonitorLimits
 from rlkd.metrics import auroc
 from rlkd.plots import plot_run
 from rlkd.models import apply_lora, load_causal_lm, load_sequence_classifier, resolve_dtype, set_torch_threads
@@ -132,6 +134,7 @@ class Trainer:
                 abstain_threshold=j.abstain_threshold,
                 max_len=j.max_len,
                 max_tokens_per_batch=j.max_tokens_per_batch,
+                answer_gate=j.answer_gate,
             )
             if self.judge.needs_reference:
                 teacher = HFRollout(judge_model, judge_tok, max_new_tokens=j.teacher_max_new_tokens, temperature=1.0, top_p=1.0,
@@ -144,6 +147,15 @@ class Trainer:
             r = cfg.reranker
             rr_model, rr_tok = load_sequence_classifier(r.name_or_path, dtype=r.dtype, device=r.device)
             self.reranker = Reranker(rr_model, rr_tok, max_len=r.max_len)
+
+        mon = cfg.monitor
+        self.monitor = HackingMonitor(MonitorLimits(
+            threshold=mon.threshold, paid_no_answer=mon.paid_no_answer_limit, disagreement=mon.disagreement_limit,
+            length_collapse_ratio=mon.length_collapse_ratio, baseline_steps=mon.baseline_steps, repeat=mon.repeat_limit,
+            stop_on_alert=mon.stop_on_alert))  # fmt: skip
+        self.calibrator = None
+        if self.judge is not None and j.calibration != "none":
+            self.calibrator = JudgeCalibrator(j.calibration, min_samples=j.calibration_min_samples)
 
         self.step = 0
         self._last_checkpoint_step = -1
@@ -214,6 +226,8 @@ class Trainer:
                 metrics = self.train_step()
                 self.step += 1
                 self.log.log_metrics(self.step, metrics)
+                if self.monitor.stop_reason:  # monitor.stop_on_alert: this step is logged and saved
+                    raise HackingAlert(f"stopped by the hacking monitor (monitor.stop_on_alert): {self.monitor.stop_reason}")
                 bar.update(1)
                 bar.set_postfix(
                     reward=f"{metrics['reward/total']:.3f}",
@@ -264,12 +278,15 @@ class Trainer:
 
         with timed(times, "verify"):
             r_vr, verdicts = verifiable_rewards(golds, ro.response_text, self.vr_values, timeout_s=cfg.rewards.fallback_timeout_s)
-        r_judge = p_yes = abstained = None
+        r_judge = p_yes = abstained = scores = None
         if self.judge is not None:
             with timed(times, "judge"):
                 references = self._references(questions, golds) if self.judge.needs_reference else None
                 scores = self.judge.score(questions, ro.response_text, references)
             r_judge, p_yes, abstained = scores.reward, scores.p_yes, scores.abstained
+        watch = self._watch_judge(questions, ro, scores, labeled, verdicts)
+        if self.calibrator is not None:
+            r_judge = watch.pop("_r_judge")
         r_rerank = None
         if self.reranker is not None:
             with timed(times, "rerank"):
@@ -285,6 +302,7 @@ class Trainer:
 
         metrics = self._step_metrics(ro, rewards, r_vr, verdicts, r_judge, p_yes, abstained, r_rerank, advantages, labeled)
         metrics.update(update_stats)
+        metrics.update({k: v for k, v in watch.items() if not k.startswith("_")})
         metrics.update(times)
         new_tokens = sum(len(r) for r in ro.response_ids)
         metrics["throughput/rollout_tokens_per_s"] = new_tokens / max(times["time/rollout_s"], 1e-9)
@@ -297,6 +315,23 @@ class Trainer:
                 for i, (q, g, t, r, v, d) in enumerate(zip(questions, golds, ro.response_text, rewards, r_vr, verdicts))
             ])
         return metrics
+
+    def _watch_judge(self, questions, ro, scores, labeled: np.ndarray, verdicts: np.ndarray) -> dict:
+        """Hacking monitors and judge calibration (rlkd.monitor, rlkd.calibration): metrics, printed
+        warnings, and under "_r_judge" the (optionally calibrated) judge reward."""
+        known = (verdicts != UNLABELED) & (verdicts != int(_core.Verdict.Unknown))
+        correct = np.where(known, (verdicts == EQUAL).astype(np.float64), np.nan)
+        r_raw = None if scores is None else scores.reward
+        out, warnings = self.monitor.observe(
+            self.step + 1, questions, ro.response_text, ro.response_lengths, r_raw, None if scores is None else scores.abstained,
+            known, correct == 1.0, None if scores is None else scores.gated)  # fmt: skip
+        for line in warnings:
+            print(line, file=sys.stderr)
+        if self.calibrator is not None and scores is not None:
+            r_judge, calib = self.calibrator.step(r_raw, labeled, correct, scores.gated,
+                                                  apply_to_unlabeled=self.cfg.judge.calibrated_reward)  # fmt: skip
+            out.update(calib, _r_judge=r_judge)
+        return out
 
     def _student_prompts(self, questions: list[str]) -> list[list[int]]:
         m = self.cfg.model
