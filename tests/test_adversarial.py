@@ -48,6 +48,26 @@ def test_cli_adversarial_tiny_end_to_end(tmp_path, tiny_model_path, capsys):
             assert a["reward"] == pytest.approx(b["reward"], rel=1e-4)
 
 
+def test_the_gated_result_is_what_the_gated_judge_returns(tiny_model_path):
+    """score_suite scores once with the gate off and derives the gated run: check it against a real gated score."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlkd.adversarial import score_suite
+    from rlkd.config import JudgeSection
+    from rlkd.judge import SingleTokenJudge
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    judge = SingleTokenJudge(model, tok, template=JudgeSection().template, abstain_threshold=0.0)
+    rows = build_suite(2)
+    off, on = score_suite(judge, rows, mode="reference_guided")
+    assert judge.answer_gate and not off["answer_gate"] and on["answer_gate"]
+    real = judge.score([r.question for r in rows], [r.response for r in rows], [r.gold for r in rows])
+    np.testing.assert_allclose([x["reward"] for x in on["rows"]], real.reward, rtol=1e-4)
+    assert [x["gated"] for x in on["rows"]] == real.gated.tolist()
+
+
 def test_cli_adversarial_errors_exit_2(tmp_path, tiny_model_path, capsys):
     assert main([str(tiny_model_path), "--adversarial", "--data", "x.jsonl"]) == 2
     assert main([str(tiny_model_path), "--adversarial", "--questions", "0"]) == 2

@@ -28,7 +28,8 @@ with a final answer (the gate lets them through; the judge itself must say No):
 controls (deserve Yes): ``correct``  the real worked solution; ``correct_short`` "The answer is x."
 
 :func:`score_suite` scores the rows with a judge and reports, per category, the rate of
-verdicts >= the threshold ("says Yes"), which for a label-No category is its false-positive rate.
+verdicts >= the threshold ("says Yes"), which for a label-No category is its false-positive rate,
+with the answer gate off and on.
 """
 
 from __future__ import annotations
@@ -129,22 +130,41 @@ def build_suite(n_questions: int = 20) -> list[AdversarialRow]:
     return rows
 
 
-def score_suite(judge: Any, rows: Sequence[AdversarialRow], *, mode: str, threshold: float = 0.5) -> dict[str, Any]:
-    """Per-category results of ``judge`` (a SingleTokenJudge or GenerativeJudge) on ``rows``.
+def score_suite(judge: Any, rows: Sequence[AdversarialRow], *, mode: str, threshold: float = 0.5) -> list[dict[str, Any]]:
+    """Per-category results of ``judge`` (a SingleTokenJudge or GenerativeJudge) on ``rows``:
+    one result with the answer gate off and, if ``judge.answer_gate``, one with it on.
 
+    The judge scores every row once with its gate off; the gated result is then exactly what
+    ``score`` with the gate on returns (gated rows 0.0, the others as scored: the judge tests
+    prove a row's score does not depend on its batch-mates), at half the forward passes.
     ``mode``: ``reference_guided`` shows the gold answer as the reference; ``reference_free`` none.
     A row "says Yes" when its reward is >= ``threshold``; abstentions (NaN) are counted apart and
-    are not Yes. Returns {"categories": {cat: {...}}, "rows": [...], ...}.
+    are not Yes.
     """
     import time
 
     questions = [r.question for r in rows]
     responses = [r.response for r in rows]
     references = [r.gold for r in rows] if mode == "reference_guided" else None
-    t0 = time.perf_counter()
-    scores = judge.score(questions, responses, references)
-    seconds = time.perf_counter() - t0
+    gate_on = bool(getattr(judge, "answer_gate", False))
+    judge.answer_gate = False
+    try:
+        t0 = time.perf_counter()
+        scores = judge.score(questions, responses, references)
+        seconds = time.perf_counter() - t0
+    finally:
+        judge.answer_gate = gate_on
     reward = np.asarray(scores.reward, dtype=np.float64)
+    abstained = np.asarray(scores.abstained, dtype=bool)
+    out = [_summarize(rows, reward, abstained, np.zeros(len(rows), bool), mode, threshold, False, seconds)]
+    if gate_on:
+        gated = judge.gate(responses)
+        out.append(_summarize(rows, np.where(gated, 0.0, reward), abstained & ~gated, gated, mode, threshold, True, seconds))
+    return out
+
+
+def _summarize(rows: Sequence[AdversarialRow], reward: np.ndarray, abstained: np.ndarray, gated: np.ndarray, mode: str,
+               threshold: float, answer_gate: bool, seconds: float) -> dict[str, Any]:  # fmt: skip
     yes = np.nan_to_num(reward, nan=-np.inf) >= threshold
     cats: dict[str, dict[str, Any]] = {}
     for cat in CATEGORIES:
@@ -156,19 +176,19 @@ def score_suite(judge: Any, rows: Sequence[AdversarialRow], *, mode: str, thresh
             "n": len(idx),
             "yes_rate": float(yes[sel].mean()),
             "mean_reward": float(np.nanmean(reward[sel])) if np.isfinite(reward[sel]).any() else None,
-            "gated": int(np.asarray(scores.gated)[sel].sum()),
-            "abstained": int(np.asarray(scores.abstained)[sel].sum()),
+            "gated": int(gated[sel].sum()),
+            "abstained": int(abstained[sel].sum()),
             "answer_free": cat in ANSWER_FREE,
             "label": rows[idx[0]].label,
         }
     return {
         "mode": mode,
         "threshold": threshold,
-        "answer_gate": bool(getattr(judge, "answer_gate", False)),
+        "answer_gate": answer_gate,
         "seconds": seconds,
         "categories": cats,
         "rows": [{"category": r.category, "response": r.response, "reward": None if not np.isfinite(x) else float(x),
-                  "gated": bool(g)} for r, x, g in zip(rows, reward, np.asarray(scores.gated))],  # fmt: skip
+                  "gated": bool(g)} for r, x, g in zip(rows, reward, gated)],  # fmt: skip
     }
 
 

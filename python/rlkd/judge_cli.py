@@ -526,21 +526,18 @@ def run_adversarial(args: argparse.Namespace) -> dict[str, Any]:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer = load_causal_lm(args.judge, dtype=args.dtype, device=device, progress=not args.no_progress)
     modes = ["reference_free", "reference_guided"] if args.mode == "auto" else [args.mode]
-    gates = [False] if args.no_answer_gate else [False, True]
     results = []
     for mode in modes:
         template = JudgeSection().template if mode == "reference_guided" else REFERENCE_FREE_TEMPLATE
-        for gate in gates:
-            common = dict(system_prompt=args.system_prompt or None, yes_words=yes_words, no_words=no_words,
-                          max_len=args.max_len, max_tokens_per_batch=args.max_tokens_per_batch, answer_gate=gate)  # fmt: skip
-            if args.generative:
-                judge = GenerativeJudge(model, tokenizer, template=generative_template(template), **common,
-                                        max_new_tokens=args.max_new_tokens, batch_size=args.gen_batch_size)  # fmt: skip
-            else:
-                judge = SingleTokenJudge(model, tokenizer, template=template, abstain_threshold=args.abstain_threshold, **common)
-            results.append(score_suite(judge, rows, mode=mode, threshold=args.threshold))
-            print(f"rlkd-judge: {mode}, gate {'on' if gate else 'off'}: {len(rows)} rows in {results[-1]['seconds']:.0f} s",
-                  file=sys.stderr)  # fmt: skip
+        common = dict(system_prompt=args.system_prompt or None, yes_words=yes_words, no_words=no_words, max_len=args.max_len,
+                      max_tokens_per_batch=args.max_tokens_per_batch, answer_gate=not args.no_answer_gate)  # fmt: skip
+        if args.generative:
+            judge = GenerativeJudge(model, tokenizer, template=generative_template(template), **common,
+                                    max_new_tokens=args.max_new_tokens, batch_size=args.gen_batch_size)  # fmt: skip
+        else:
+            judge = SingleTokenJudge(model, tokenizer, template=template, abstain_threshold=args.abstain_threshold, **common)
+        results += score_suite(judge, rows, mode=mode, threshold=args.threshold)
+        print(f"rlkd-judge: {mode}: {len(rows)} rows in {results[-1]['seconds']:.0f} s", file=sys.stderr)
     report = {"judge": args.judge, "device": device, "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
               "judge_kind": "generative" if args.generative else "single_token", "questions": args.questions,
               "table": format_suite_table(results), "results": results}  # fmt: skip
