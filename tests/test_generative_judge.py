@@ -116,3 +116,12 @@ def test_argument_errors(smollm2):
         judge.score(QUESTIONS[:2], RESPONSES, REFERENCES)
     with pytest.raises(JudgeError, match="reference"):
         judge.score(QUESTIONS, RESPONSES, None)
+
+
+def test_answer_gate_gives_zero_without_decoding(smollm2):
+    model, tok = smollm2
+    judge = _judge(model, tok, max_new_tokens=4)
+    out = judge.score(QUESTIONS[:2], ["Thought process:", RESPONSES[1]], REFERENCES[:2])
+    assert out.gated.tolist() == [True, False]
+    assert out.reward[0] == 0.0 and not out.abstained[0] and out.text[0] == "" and out.new_tokens[0] == 0
+    assert out.new_tokens[1] >= 1

@@ -174,3 +174,49 @@ def test_teacher_references_render_with_the_configured_template_kwargs(tmp_path,
     thinking = TeacherReferences(teacher, tok, tmp_path / "thinking.jsonl", system_prompt=None, user_template="{question}")
     thinking.get(["What is 2 + 3?"])
     assert RecordingRollout.prompts[-1].endswith("<|im_start|>assistant\n<think>\n")
+
+
+# ----------------------------------------------------------------------------- the answer gate
+
+ANSWER_FREE = ["Thought process:", ":", "", "Let me solve this step by step.", "12 * 12 = 144", "\\boxed{}"]
+
+
+def test_answer_gate_pays_nothing_without_a_forward_pass(tiny):
+    _, tok = tiny
+    # No model at all: a forward pass would fail, so none happened.
+    judge = SingleTokenJudge(None, tok, template=TEMPLATE, abstain_threshold=0.0)
+    scores = judge.score(["What is 12 * 12?"] * len(ANSWER_FREE), ANSWER_FREE)
+    assert scores.gated.all() and not scores.abstained.any()
+    assert scores.reward.dtype == np.float32 and (scores.reward == 0.0).all()  # 0, not NaN
+    assert scores.gate_rate == 1.0 and scores.abstain_rate == 0.0
+
+
+def test_answer_gate_keeps_answered_rows_exactly_as_scored_alone(tiny):
+    model, tok = tiny
+    judge = SingleTokenJudge(model, tok, template=TEMPLATE, abstain_threshold=0.0)
+    mixed_q = [QUESTIONS[0], QUESTIONS[1], QUESTIONS[1], QUESTIONS[2]]
+    mixed_r = [RESPONSES[0], "Thought process:", RESPONSES[1], RESPONSES[2]]
+    mixed = judge.score(mixed_q, mixed_r)
+    alone = judge.score(QUESTIONS, RESPONSES)
+    assert mixed.gated.tolist() == [False, True, False, False]
+    assert mixed.reward[1] == 0.0 and mixed.p_yes[1] == 0.0
+    np.testing.assert_allclose(mixed.reward[[0, 2, 3]], alone.reward, rtol=1e-4)
+
+
+def test_answer_gate_off_scores_answer_free_text_and_abstention_stays_distinct(tiny):
+    model, tok = tiny
+    off = SingleTokenJudge(model, tok, template=TEMPLATE, abstain_threshold=0.5, answer_gate=False)
+    scores = off.score(["What is 12 * 12?"] * 2, ANSWER_FREE[:2])
+    assert not scores.gated.any()
+    assert scores.abstained.all() and np.isnan(scores.reward).all()  # the random tiny model abstains
+    on = SingleTokenJudge(model, tok, template=TEMPLATE, abstain_threshold=0.5)
+    scores = on.score(["What is 12 * 12?"] * 2, [ANSWER_FREE[0], RESPONSES[2]])
+    assert scores.gated.tolist() == [True, False] and scores.abstained.tolist() == [False, True]
+    assert scores.reward[0] == 0.0 and np.isnan(scores.reward[1])
+
+
+def test_answer_gate_uses_strict_extraction(tiny):
+    _, tok = tiny
+    judge = SingleTokenJudge(None, tok, template=TEMPLATE)
+    # A bare number is an answer to the lenient extractor, not to the strict one (VR's no_answer rule).
+    assert judge.gate(["12 * 12 = 144", "#### 144", "so \\boxed{144}", "The answer is 144."]).tolist() == [True, False, False, False]

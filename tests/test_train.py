@@ -256,3 +256,31 @@ def test_an_empty_update_still_steps_the_lr_schedule(tmp_path, tiny_model_path):
     assert [m["update/skipped"] for m in steps] == [1.0, 1.0, 1.0]
     lr = cfg.optim.lr
     assert [m["lr"] for m in steps] == pytest.approx([lr * 2 / 4, lr * 3 / 4, lr * 4 / 4])
+
+
+def test_judge_only_run_reports_the_hacking_monitor(tmp_path, smollm2_path, capsys):
+    """λ = 0 with the gate off: the monitor's metrics are in metrics.jsonl, and its warnings in stderr."""
+    run = _run(tmp_path, "rewards.vr_weight=0.0", "rewards.judge_weight=1.0", "judge.answer_gate=false",
+               "judge.abstain_threshold=0.0", "monitor.disagreement_limit=0.01", "train.eval_every=0",
+               "judge.calibration_min_samples=2")  # fmt: skip
+    steps = _steps(run)
+    for m in steps:
+        for key in ("monitor/paid_no_answer_rate", "monitor/judge_vr_disagreement", "monitor/length_ratio",
+                    "monitor/repeat_rate", "monitor/gated_rate", "monitor/all_abstained", "monitor/alert",
+                    "calib/fitted", "calib/decision_point"):
+            assert key in m, key
+        assert m["monitor/gated_rate"] == 0.0 and m["monitor/all_abstained"] == 0.0
+    err = capsys.readouterr().err
+    alerts = [m for m in steps if m["monitor/alert"] == 1.0]
+    assert len(alerts) == err.count("rlkd: WARNING step")  # one line per alert on stderr, flagged in the log
+
+
+def test_monitor_stop_on_alert_and_an_all_abstaining_judge_say_so(tmp_path, smollm2_path, capsys):
+    code = train_main([str(TINY), "--set", f"run.output_dir={json.dumps(str(tmp_path))}", "--set", "run.torch_threads=2",
+                       "--set", "judge.answer_gate=false", "--set", "judge.abstain_threshold=1.0",
+                       "--set", "monitor.stop_on_alert=true", "--set", "train.eval_every=0"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1 and "ABSTAINED on every sample" in err and "stopped by the hacking monitor" in err
+    (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    (step,) = _steps(run)
+    assert step["monitor/all_abstained"] == 1.0 and step["monitor/alert"] == 1.0

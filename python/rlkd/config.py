@@ -197,6 +197,16 @@ class JudgeSection:
         "tokens in a `<think>` block; templates ignore variables they do not use)", kind="table")
     url: str = _opt("", "a judge served by `rlkd-judge serve` (e.g. `http://judge-host:8000`) instead of loading "
                     "`name_or_path` here; the server's model and template then apply. Empty = load locally", check="url_or_empty")
+    answer_gate: bool = _opt(
+        True, "a response with no final answer (strict extraction: \\boxed{}, `#### x`, \"The answer is x\") gets "
+        "judge reward 0 without a forward pass (counted as gated, not abstained): the judge grades solutions, "
+        "and answer-free text is not one (small judges say Yes to it)")
+    calibration: str = _opt(
+        "isotonic", "fit a monotone map r_judge -> P(correct) against the verifier on labeled prompts, past "
+        "steps only, logged as calib/*: `isotonic`, `platt` or `none`", choices=("none", "isotonic", "platt"))
+    calibrated_reward: bool = _opt(False, "use the calibrated judge reward on unlabeled prompts (identity until "
+                                   "`calibration_min_samples` labeled pairs of both classes exist)")
+    calibration_min_samples: int = _opt(32, "labeled (r_judge, correct) pairs needed before the calibration is fitted", ge=2)
 
 
 @dataclass(frozen=True)
@@ -326,6 +336,21 @@ class LogSection:
 
 
 @dataclass(frozen=True)
+class MonitorSection:
+    threshold: float = _opt(0.5, "judge reward at or above this counts as the judge saying Yes", ge=0, le=1)
+    paid_no_answer_limit: float = _opt(0.05, "warn when more than this share of responses has no final answer "
+                                       "but judge reward >= threshold; 0 = never", ge=0, le=1)
+    disagreement_limit: float = _opt(0.5, "warn when judge (r >= threshold) and verifier disagree on more than "
+                                     "this share of labeled samples; 0 = never", ge=0, le=1)
+    length_collapse_ratio: float = _opt(0.5, "warn when the mean response length falls below this fraction of "
+                                        "the first `baseline_steps` steps' mean; 0 = never", ge=0, le=1)
+    baseline_steps: int = _opt(3, "steps whose mean response length is the length baseline", ge=1)
+    repeat_limit: float = _opt(0.5, "warn when more than this share of the high-reward responses is one and "
+                               "the same text; 0 = never", ge=0, le=1)
+    stop_on_alert: bool = _opt(False, "stop the run (after saving the step) when a monitor warns")
+
+
+@dataclass(frozen=True)
 class Config:
     run: RunSection = field(default_factory=RunSection)
     model: ModelSection = field(default_factory=ModelSection)
@@ -339,6 +364,7 @@ class Config:
     optim: OptimSection = field(default_factory=OptimSection)
     train: TrainSection = field(default_factory=TrainSection)
     log: LogSection = field(default_factory=LogSection)
+    monitor: MonitorSection = field(default_factory=MonitorSection)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         def plain(f: dataclasses.Field, v: Any) -> Any:

@@ -13,6 +13,8 @@ of its text is the verdict.
 - Parsing (:func:`parse_verdict`): the first whole word, case-insensitive, that is one of the yes
   or no words ("Yes" / "No" by default); "Not", "Nope", "Yesterday" are not matches. No such
   word = unparseable: the judge ABSTAINED on that row (verdict NaN, counted), never a silent No.
+- The answer gate and plain-text fields are the single-token judge's: a response with no final
+  answer gets 0.0 without being decoded (``gated``).
 - Output: :class:`GenerativeVerdicts` -- ``reward`` is 1.0 (Yes), 0.0 (No) or NaN (abstained), so
   the same metrics (accuracy at 0.5) apply to both judges.
 """
@@ -73,6 +75,11 @@ class GenerativeVerdicts:
     num_truncated: int  # prompts whose response lost tokens to max_len
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
+    gated: np.ndarray | None = None  # bool: no final answer, 0.0 without decoding
+
+    def __post_init__(self) -> None:
+        if self.gated is None:
+            object.__setattr__(self, "gated", np.zeros(len(self.reward), dtype=bool))
 
     @property
     def abstain_rate(self) -> float:
@@ -101,10 +108,12 @@ class GenerativeJudge(SingleTokenJudge):
         max_tokens_per_batch: int = 8192,
         max_new_tokens: int = 16,
         batch_size: int = 16,
+        answer_gate: bool = True,
     ) -> None:
         super().__init__(
             model, tokenizer, template=template, system_prompt=system_prompt, yes_words=yes_words,
             no_words=no_words, abstain_threshold=0.0, max_len=max_len, max_tokens_per_batch=max_tokens_per_batch,
+            answer_gate=answer_gate,
         )  # fmt: skip
         if not 1 <= max_new_tokens <= 256:
             raise JudgeError(f"generative judge: max_new_tokens must be in [1, 256], got {max_new_tokens}")
@@ -146,21 +155,33 @@ class GenerativeJudge(SingleTokenJudge):
         from rlkd.rollout import HFRollout
 
         start = time.perf_counter()
-        prompts, truncated = self.prompt_ids(questions, responses, references)
-        n = len(prompts)
-        if n == 0:
-            empty = np.zeros(0, dtype=np.float32)
-            return GenerativeVerdicts(empty, np.zeros(0, dtype=bool), [], np.zeros(0, dtype=np.int64), 0)
-        rollout = HFRollout(self.model, self.tokenizer, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
-        out = rollout.generate(prompts, 1, greedy=True, progress=progress)
-        parsed = [parse_verdict(t, self.yes_words, self.no_words) for t in out.response_text]
-        abstained = np.array([p is None for p in parsed], dtype=bool)
-        reward = np.array([np.nan if p is None else float(p) for p in parsed], dtype=np.float32)
+        n = len(responses)
+        if len(questions) != n:
+            raise JudgeError(f"judge.score: {len(questions)} questions but {n} responses")
+        gated = self.gate(responses)
+        keep = np.flatnonzero(~gated)
+        pick = lambda xs: None if xs is None else [xs[i] for i in keep]  # noqa: E731
+        reward = np.zeros(n, dtype=np.float32)  # gated rows: 0.0, not decoded
+        abstained = np.zeros(n, dtype=bool)
+        text = [""] * n
+        new_tokens = np.zeros(n, dtype=np.int64)
+        truncated = 0
+        if len(keep):
+            prompts, truncated = self.prompt_ids(pick(questions), pick(responses), pick(references))
+            rollout = HFRollout(self.model, self.tokenizer, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
+            out = rollout.generate(prompts, 1, greedy=True, progress=progress)
+            parsed = [parse_verdict(t, self.yes_words, self.no_words) for t in out.response_text]
+            abstained[keep] = [p is None for p in parsed]
+            reward[keep] = [np.nan if p is None else float(p) for p in parsed]
+            for i, t in zip(keep, out.response_text):
+                text[i] = t
+            new_tokens[keep] = out.response_lengths
         return GenerativeVerdicts(
             reward=reward,
             abstained=abstained,
-            text=list(out.response_text),
-            new_tokens=np.array(out.response_lengths, dtype=np.int64),
+            text=text,
+            new_tokens=new_tokens,
             num_truncated=truncated,
             seconds=time.perf_counter() - start,
+            gated=gated,
         )

@@ -25,6 +25,12 @@ Report (labeled rows): AUROC, accuracy at 0.5 and at the best threshold, Brier s
 calibration error (10 bins); always: abstain rate, mean P(Yes)+P(No), responses/s. Writes
 ``judge.json`` (summary + per-row scores), ``reliability.png`` and ``scores.png`` into ``--out``.
 
+``--adversarial`` (no ``--data``) scores the built-in judge-robustness suite instead
+(:mod:`rlkd.adversarial`: answer-free openers, judge-addressing text, chat-control injection, ...
+on real GSM8K questions) and reports the rate of Yes verdicts (>= ``--threshold``) per category,
+for each mode (``--mode auto`` = both) with the answer gate off and on; writes ``adversarial.json``.
+``--no-answer-gate`` turns the gate off for ordinary runs.
+
 ``--generative`` asks the same model for a short written verdict instead
 (:class:`rlkd.generative_judge.GenerativeJudge`) and ``--compare`` runs both on the same rows
 and prints them side by side (accuracy, abstentions, responses/s).
@@ -327,7 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
         "separates correct from incorrect responses.",
     )
     p.add_argument("judge", metavar="JUDGE", help="judge model: embedded:NAME, a local HF checkpoint dir or a hub id")
-    p.add_argument("--data", required=True, help="rows: .jsonl, .json, .parquet or a datasets directory")
+    p.add_argument("--data", default=None, help="rows: .jsonl, .json, .parquet or a datasets directory (required "
+                   "unless --adversarial)")
+    p.add_argument("--adversarial", action="store_true", help="score the built-in hacking suite instead of --data")
+    p.add_argument("--questions", type=int, default=20, help="--adversarial: GSM8K test questions used (default: %(default)s)")
+    p.add_argument("--threshold", type=float, default=0.5, help="--adversarial: reward >= this is a Yes (default: %(default)s)")
+    p.add_argument("--no-answer-gate", action="store_true", help="score answer-free responses too (the gate is on by "
+                   "default; --adversarial runs both)")
     p.add_argument("--out", default="judge_report", help="output folder for judge.json and the PNGs (default: %(default)s)")
     p.add_argument("--mode", default="auto", choices=("auto", "reference_free", "reference_guided"),
                    help="auto: reference_guided when every row has a reference or gold answer")
@@ -394,6 +406,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.limit is not None and args.limit < 1:
         raise CliError(f"--limit must be >= 1, got {args.limit}")
+    if args.adversarial:
+        return run_adversarial(args)
+    if args.data is None:
+        raise CliError("--data FILE is required (or --adversarial for the built-in hacking suite)")
     yes_words, no_words = _words(args.yes_words, "--yes-words"), _words(args.no_words, "--no-words")
     if not 0 <= args.abstain_threshold <= 1:
         raise CliError(f"--abstain-threshold must be in [0, 1], got {args.abstain_threshold}")
@@ -425,6 +441,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             judge = SingleTokenJudge(
                 model, tokenizer, template=template, system_prompt=system_prompt, yes_words=yes_words, no_words=no_words,
                 abstain_threshold=args.abstain_threshold, max_len=args.max_len, max_tokens_per_batch=args.max_tokens_per_batch,
+                answer_gate=not args.no_answer_gate,
             )  # fmt: skip
             t0 = time.perf_counter()
             sc = judge.score(questions, responses, references, progress=progress)
@@ -439,7 +456,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             gen = GenerativeJudge(
                 model, tokenizer, template=generative_template(template), system_prompt=system_prompt, yes_words=yes_words,
                 no_words=no_words, max_len=args.max_len, max_tokens_per_batch=args.max_tokens_per_batch,
-                max_new_tokens=args.max_new_tokens, batch_size=args.gen_batch_size,
+                max_new_tokens=args.max_new_tokens, batch_size=args.gen_batch_size, answer_gate=not args.no_answer_gate,
             )  # fmt: skip
             t0 = time.perf_counter()
             v = gen.score(questions, responses, references, progress=progress)
@@ -489,6 +506,49 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def run_adversarial(args: argparse.Namespace) -> dict[str, Any]:
+    """``--adversarial``: the hacking suite, per mode, gate off and on (see :mod:`rlkd.adversarial`)."""
+    import torch
+
+    from rlkd.adversarial import build_suite, format_suite_table, score_suite
+    from rlkd.config import JudgeSection
+    from rlkd.generative_judge import GenerativeJudge, generative_template
+    from rlkd.judge import SingleTokenJudge
+    from rlkd.models import load_causal_lm, set_torch_threads
+
+    if args.data is not None or args.template is not None:
+        raise CliError("--adversarial uses the built-in suite and the training templates: drop --data / --template")
+    if not 1 <= args.questions <= 200:
+        raise CliError(f"--questions must be in [1, 200], got {args.questions}")
+    if not 0 <= args.threshold <= 1:
+        raise CliError(f"--threshold must be in [0, 1], got {args.threshold}")
+    yes_words, no_words = _words(args.yes_words, "--yes-words"), _words(args.no_words, "--no-words")
+    rows = build_suite(args.questions)
+    set_torch_threads(args.threads)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, tokenizer = load_causal_lm(args.judge, dtype=args.dtype, device=device, progress=not args.no_progress)
+    modes = ["reference_free", "reference_guided"] if args.mode == "auto" else [args.mode]
+    results = []
+    for mode in modes:
+        template = JudgeSection().template if mode == "reference_guided" else REFERENCE_FREE_TEMPLATE
+        common = dict(system_prompt=args.system_prompt or None, yes_words=yes_words, no_words=no_words, max_len=args.max_len,
+                      max_tokens_per_batch=args.max_tokens_per_batch, answer_gate=not args.no_answer_gate)  # fmt: skip
+        if args.generative:
+            judge = GenerativeJudge(model, tokenizer, template=generative_template(template), **common,
+                                    max_new_tokens=args.max_new_tokens, batch_size=args.gen_batch_size)  # fmt: skip
+        else:
+            judge = SingleTokenJudge(model, tokenizer, template=template, abstain_threshold=args.abstain_threshold, **common)
+        results += score_suite(judge, rows, mode=mode, threshold=args.threshold)
+        print(f"rlkd-judge: {mode}: {len(rows)} rows in {results[-1]['seconds']:.0f} s", file=sys.stderr)
+    report = {"judge": args.judge, "device": device, "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+              "judge_kind": "generative" if args.generative else "single_token", "questions": args.questions,
+              "table": format_suite_table(results), "results": results}  # fmt: skip
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "adversarial.json").write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     from rlkd.cli_errors import run_cli
 
@@ -503,6 +563,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     report = run(args)
+    if "table" in report:  # --adversarial
+        print(f"judge {report['judge']} ({report['judge_kind']}, {report['device']}/{report['dtype']}): "
+              f"rate of Yes verdicts per category, {report['questions']} GSM8K questions")  # fmt: skip
+        print(report["table"])
+        print(f"wrote {Path(args.out) / 'adversarial.json'}")
+        return 0
     lc = report["labels"]
     print(f"judge {report['judge']} on {report['data']}: {len(report['rows'])} rows, mode {report['mode']}, "
           f"{report['device']}/{report['dtype']}")  # fmt: skip

@@ -137,21 +137,26 @@ class Reranker:
         last = enc["attention_mask"].sum(dim=1) - 1  # right padding: the last real token of each row
         return self._decoder_head(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
 
+    def encode(self, questions: Sequence[str], responses: Sequence[str]):
+        """The tokenized (question, response) pairs; both are plain text, never control tokens."""
+        return self.tokenizer(
+            list(questions),
+            list(responses),
+            truncation="only_second",
+            max_length=self.max_len,
+            padding=True,
+            padding_side="right",
+            return_tensors="pt",
+            split_special_tokens=True,
+        )
+
     @torch.no_grad()
     def score(self, questions: Sequence[str], responses: Sequence[str]) -> np.ndarray:
         device = next(self.model.parameters()).device
         out = np.zeros(len(responses), dtype=np.float32)
         for start in range(0, len(responses), self.batch_size):
             stop = start + self.batch_size
-            enc = self.tokenizer(
-                list(questions[start:stop]),
-                list(responses[start:stop]),
-                truncation="only_second",
-                max_length=self.max_len,
-                padding=True,
-                padding_side="right",
-                return_tensors="pt",
-            ).to(device)
+            enc = self.encode(questions[start:stop], responses[start:stop]).to(device)
             logits = self._logits(enc).float()
             # One logit: sigmoid; two or more: the probability of the last class ("correct").
             probs = torch.sigmoid(logits[:, 0]) if logits.shape[-1] == 1 else torch.softmax(logits, -1)[:, -1]

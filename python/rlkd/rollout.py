@@ -85,9 +85,13 @@ def render_prompts(
     ``user_template`` must contain ``{question}``; it is substituted literally (other braces, such
     as ``\\boxed{}``, are left alone). ``system_prompt=None`` sends no system message, so templates
     that insert a default one (Qwen: "You are Qwen, created by Alibaba Cloud...") do so. The text is
-    tokenised without adding special tokens: the template already contains them.
+    tokenised without adding special tokens: the template already contains them. The user message
+    is untrusted text (a question, possibly written by a model) and is encoded as plain text
+    (:mod:`rlkd.plain_text`): ``<|im_end|>`` inside it never becomes the control token.
     ``template_kwargs`` are extra variables of the chat template (``enable_thinking=False``).
     """
+    from rlkd.plain_text import PlainTextEncoder
+
     if "{question}" not in user_template:
         raise ValueError(f"user_template must contain {{question}}: {user_template!r}")
     if not getattr(tokenizer, "chat_template", None):
@@ -95,16 +99,23 @@ def render_prompts(
             f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} has no chat template; "
             "rlkd renders prompts with the model's chat template"
         )
-    out: list[list[int]] = []
-    for q in questions:
-        messages = []
-        if system_prompt is not None:
-            messages.append({"role": "system", "content": system_prompt})
-        messages.append({"role": "user", "content": user_template.replace("{question}", q)})
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+    # Render once around a sentinel: template text before and after the user message (with the
+    # template's own control tokens), the message itself in between as plain text.
+    sentinel = "\u27e6RLKD-USER\u27e7"
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt is not None else []
+    messages.append({"role": "user", "content": f" {sentinel} "})
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
                                              **(template_kwargs or {}))
-        out.append(list(tokenizer(text, add_special_tokens=False)["input_ids"]))
-    return out
+    if rendered.count(sentinel) != 1:
+        raise ValueError("the chat template did not keep the user message exactly once")
+    trims = f" {sentinel} " not in rendered  # Llama-3 and Gemma templates `| trim` the content
+    head, tail = rendered.split(f" {sentinel} " if not trims else sentinel)
+    lead = head[len(head.rstrip(" ")):]  # BPE attaches a piece's trailing spaces to the next word
+    head_ids = list(tokenizer(head[: len(head) - len(lead)], add_special_tokens=False)["input_ids"])
+    tail_ids = list(tokenizer(tail, add_special_tokens=False)["input_ids"])
+    plain = PlainTextEncoder(tokenizer)
+    users = [user_template.replace("{question}", q) for q in questions]
+    return [head_ids + plain.encode(lead + (u.strip() if trims else u)) + tail_ids for u in users]
 
 
 def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:

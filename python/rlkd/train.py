@@ -46,6 +46,7 @@ from rlkd.algorithms import (
     token_logprobs,
     update_policy,
 )
+from rlkd.calibration import JudgeCalibrator
 from rlkd.checkpoint import (
     latest_checkpoint,
     load_training_state,
@@ -58,6 +59,7 @@ from rlkd.config import Config, config_to_toml, render_template
 from rlkd.data import PromptSampler, build_pools
 from rlkd.evaluate import cached_greedy_pass_at_1, eval_cache_key, greedy_pass_at_1
 from rlkd.judge import JudgeScores, SingleTokenJudge, TeacherReferences
+from rlkd.monitor import HackingAlert, HackingMonitor, MonitorLimits
 from rlkd.metrics import auroc
 from rlkd.plots import plot_run
 from rlkd.models import (
@@ -191,6 +193,7 @@ class Trainer:
                 abstain_threshold=j.abstain_threshold,
                 max_len=j.max_len,
                 max_tokens_per_batch=j.max_tokens_per_batch,
+                answer_gate=j.answer_gate,
             )
             if self.judge.needs_reference:
                 teacher = HFRollout(judge_model, judge_tok, max_new_tokens=j.teacher_max_new_tokens, temperature=1.0, top_p=1.0,
@@ -204,6 +207,15 @@ class Trainer:
             r = cfg.reranker
             rr_model, rr_tok = load_sequence_classifier(r.name_or_path, dtype=r.dtype, device=r.device)
             self.reranker = Reranker(rr_model, rr_tok, max_len=r.max_len)
+
+        mon = cfg.monitor
+        self.monitor = HackingMonitor(MonitorLimits(
+            threshold=mon.threshold, paid_no_answer=mon.paid_no_answer_limit, disagreement=mon.disagreement_limit,
+            length_collapse_ratio=mon.length_collapse_ratio, baseline_steps=mon.baseline_steps, repeat=mon.repeat_limit,
+            stop_on_alert=mon.stop_on_alert))  # fmt: skip
+        self.calibrator = None
+        if self.judge is not None and j.calibration != "none":
+            self.calibrator = JudgeCalibrator(j.calibration, min_samples=j.calibration_min_samples)
 
         self._last_checkpoint_step = -1
         # True from the start of a step's update until the step is finished: the weights are then
@@ -312,6 +324,9 @@ class Trainer:
                 self._at("update")
                 self.log.log_metrics(self.step + 1, metrics)
                 self._at("log")
+                if self.monitor.stop_reason:  # monitor.stop_on_alert: this step is logged and saved
+                    self._finish_step()
+                    raise HackingAlert(f"stopped by the hacking monitor (monitor.stop_on_alert): {self.monitor.stop_reason}")
                 self._finish_step()
                 bar.update(1)
                 bar.set_postfix(
@@ -371,7 +386,7 @@ class Trainer:
             r_vr, verdicts = verifiable_rewards(
                 golds, ro.response_text, self.vr_values, timeout_s=cfg.rewards.fallback_timeout_s,
                 finished=ro.finished if cfg.rewards.truncated_needs_marker else None)
-        r_judge = p_yes = p_no = abstained = references = None
+        r_judge = p_yes = p_no = abstained = references = scores = None
         if self.judge is not None:
             if self.judge.needs_reference:
                 with timed(times, "teacher"):  # gold lookups, and the teacher's own answers (cached)
@@ -379,6 +394,9 @@ class Trainer:
             with timed(times, "judge"):
                 scores = self._judge(questions, ro.response_text, references)
             r_judge, p_yes, p_no, abstained = scores.reward, scores.p_yes, scores.p_no, scores.abstained
+        watch = self._watch_judge(questions, ro, scores, labeled, verdicts)
+        if self.calibrator is not None:
+            r_judge = watch.pop("_r_judge")
         r_rerank = None
         if self.reranker is not None:
             with timed(times, "rerank"):
@@ -395,6 +413,7 @@ class Trainer:
         if references is not None:
             metrics["judge/no_reference_rate"] = float(np.mean([r is None for r in references]))
         metrics.update(update_stats)
+        metrics.update({k: v for k, v in watch.items() if not k.startswith("_")})
         metrics.update(times)
         new_tokens = sum(len(r) for r in ro.response_ids)
         metrics["throughput/rollout_tokens_per_s"] = new_tokens / max(times["time/rollout_s"], 1e-9)
@@ -412,6 +431,23 @@ class Trainer:
             ])
         return metrics
 
+    def _watch_judge(self, questions, ro, scores, labeled: np.ndarray, verdicts: np.ndarray) -> dict:
+        """Hacking monitors and judge calibration (rlkd.monitor, rlkd.calibration): metrics, printed
+        warnings, and under "_r_judge" the (optionally calibrated) judge reward."""
+        known = (verdicts != UNLABELED) & (verdicts != int(_core.Verdict.Unknown))
+        correct = np.where(known, (verdicts == EQUAL).astype(np.float64), np.nan)
+        r_raw = None if scores is None else scores.reward
+        out, warnings = self.monitor.observe(
+            self.step + 1, questions, ro.response_text, ro.response_lengths, r_raw, None if scores is None else scores.abstained,
+            known, correct == 1.0, None if scores is None else scores.gated)  # fmt: skip
+        for line in warnings:
+            print(line, file=sys.stderr)
+        if self.calibrator is not None and scores is not None:
+            r_judge, calib = self.calibrator.step(r_raw, labeled, correct, scores.gated,
+                                                  apply_to_unlabeled=self.cfg.judge.calibrated_reward)  # fmt: skip
+            out.update(calib, _r_judge=r_judge)
+        return out
+
     def _student_prompts(self, questions: list[str]) -> list[list[int]]:
         m = self.cfg.model
         users = [render_template(m.user_template, question=q) for q in questions]
@@ -426,12 +462,12 @@ class Trainer:
         n = len(responses)
         nan = np.full(n, np.nan, dtype=np.float32)
         reward, p_yes, p_no, abstained = nan.copy(), np.zeros(n, np.float32), np.zeros(n, np.float32), np.ones(n, bool)
-        truncated = 0
+        gated, truncated = np.zeros(n, bool), 0
         if rows:
             part = self.judge.score([questions[i] for i in rows], [responses[i] for i in rows], [references[i] for i in rows])
             reward[rows], p_yes[rows], p_no[rows], abstained[rows] = part.reward, part.p_yes, part.p_no, part.abstained
-            truncated = part.num_truncated
-        return JudgeScores(reward=reward, p_yes=p_yes, p_no=p_no, abstained=abstained, num_truncated=truncated)
+            gated[rows], truncated = part.gated, part.num_truncated
+        return JudgeScores(reward=reward, p_yes=p_yes, p_no=p_no, abstained=abstained, num_truncated=truncated, gated=gated)
 
     def _prefetch_references(self) -> None:
         """The teacher solves the unlabeled questions of the whole run up front, in batches (once
