@@ -319,8 +319,9 @@ class TrainSection:
     eval_every: int = _opt(10, "evaluate on the held-out set at the start, every N steps and at the end; 0 = never", ge=0)
     eval_max_new_tokens: int = _opt(256, "max new tokens of a greedy eval answer", ge=1)
     eval_batch_size: int = _opt(16, "sequences per generate call in evaluation", ge=1)
-    time_budget_min: float = _opt(15.0, "stop after the step that reaches this many minutes of training (the "
-                                  "start eval and one-time set-up not counted), then eval and save; 0 = no limit", ge=0)
+    time_budget_min: float = _opt(15.0, "minutes of training (one-time set-up and the start eval not counted): no "
+                                  "step starts that would end past it (at the mean step time so far); then eval "
+                                  "and save. 0 = no limit", ge=0)
     save_final: bool = _opt(True, "write a checkpoint after the last step")
     keep_checkpoints: int = _opt(2, "keep only the newest N checkpoints (each holds the fp32 policy and the "
                                  "AdamW state: ~7 GB for the 0.5B student); 0 = keep all", ge=0)

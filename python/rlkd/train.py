@@ -314,11 +314,14 @@ class Trainer:
                 self.evaluate()
         bar = tqdm(total=cfg.train.steps, initial=self.step, desc="rlkd", unit="step", disable=not cfg.log.progress_bar)
         budget_s = cfg.train.time_budget_min * 60
-        started = time.perf_counter()
+        started, first_step = time.perf_counter(), self.step
         try:
             while self.step < cfg.train.steps:
-                if budget_s and time.perf_counter() - started >= budget_s:
-                    print(f"rlkd: time budget of {cfg.train.time_budget_min:g} min reached after {self.step} steps")
+                elapsed = time.perf_counter() - started
+                mean_step_s = elapsed / (self.step - first_step) if self.step > first_step else 0.0
+                if budget_s and elapsed + mean_step_s > budget_s:  # the next step would end past the budget
+                    print(f"rlkd: time budget of {cfg.train.time_budget_min:g} min: stopping after {self.step} steps "
+                          f"({elapsed / 60:.1f} min; a step takes {mean_step_s:.0f} s)")
                     break
                 metrics = self.train_step()
                 self._at("update")
@@ -354,8 +357,11 @@ class Trainer:
         if cfg.train.save_final and self._last_checkpoint_step != self.step:
             self.checkpoint()
         self.log.close()
+        print(training_curve(self.run_dir))
         for path in plot_run(self.run_dir):
             print(f"rlkd: plot {path}")
+        if (self.run_dir / "comparison.json").exists():
+            print(f"rlkd: start vs end   {self.run_dir / 'comparison.json'}")
 
     def _emergency_checkpoint(self) -> None:
         """Saves the last finished step unless it is saved already or the weights are past it
@@ -671,6 +677,24 @@ def prepare_run_dir(cfg: Config) -> Path:
     run_dir.mkdir(parents=True, exist_ok=False)
     (run_dir / "config.toml").write_text(config_to_toml(cfg))
     return run_dir
+
+
+def training_curve(run_dir: Path) -> str:
+    """The run's per-step numbers as a small table (printed at the end of a run)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    cols = [("reward", "reward/total"), ("vr_acc", "vr/accuracy"), ("judge", "reward/judge"),
+            ("finished", "response/finished_rate"), ("length", "response/length_mean"), ("step_s", None)]
+    lines = ["rlkd: training curve", "  step " + " ".join(f"{name:>8}" for name, _ in cols)]
+    for r in rows:
+        if "event" in r:
+            if r["event"] == "eval":
+                lines.append(f"  eval at step {r['step']}: pass@1 {100 * r['eval/pass@1']:.1f}%")
+            continue
+        step_s = sum(v for k, v in r.items() if k.startswith("time/") and isinstance(v, (int, float)))
+        values = [r.get(key) if key else step_s for _, key in cols]
+        lines.append(f"  {r['step']:>4} " + " ".join(f"{v:>8.3f}" if isinstance(v, (int, float)) else f"{'-':>8}"
+                                                     for v in values))
+    return "\n".join(lines)
 
 
 def teacher_cache_path(cfg: Config) -> Path:
