@@ -90,6 +90,7 @@ def main() -> int:
     judge.score(q[:k], r[:k])  # warm-up
     best = min(_timed(lambda: [judge.score(b["questions"], b["responses"]) for b in requests]) for _ in range(args.repeats))
     results[f"in-process, {k} rows per call, sequential"] = len(q) / best
+    print(f"in-process sequential: {len(q) / best:.1f} rows/s", flush=True)
     best = min(_timed(lambda: judge.score(q, r)) for _ in range(args.repeats))
     results["in-process, all rows in one call"] = len(q) / best
     del judge
@@ -115,6 +116,7 @@ def main() -> int:
         for clients in (1, 4, 16):
             best = min(drive(url, requests, clients) for _ in range(args.repeats))
             results[f"server, {clients} concurrent clients, {k} rows per request"] = len(q) / best
+            print(f"server, {clients} clients: {len(q) / best:.1f} rows/s", flush=True)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=120)
