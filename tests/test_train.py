@@ -69,8 +69,10 @@ def test_teacher_references_come_only_from_finished_solutions(grpo_run):
     assert unlabeled and labeled
     assert all(s["reference"] is None and s["judge"] is None for s in unlabeled)  # NaN is null in jsonl
     assert all(s["reference"] == s["gold"] for s in labeled)
-    # a labeled sample is judged: its reward is missing only where the judge abstained (low mass)
-    assert all((s["judge"] is None) == (s["judge_mass"] < 0.5) for s in labeled)
+    # a labeled sample is judged: gated (no final answer) pays 0 without a forward pass; otherwise
+    # its reward is missing only where the judge abstained (low mass)
+    assert all(s["judge"] == 0.0 for s in labeled if s["judge_gated"])
+    assert all((s["judge"] is None) == (s["judge_mass"] < 0.5) for s in labeled if not s["judge_gated"])
     assert all(s["judge_mass"] == 0.0 for s in unlabeled)  # no forward pass at all
     steps = _steps(grpo_run)
     assert all(m["judge/no_reference_rate"] == 0.5 for m in steps)

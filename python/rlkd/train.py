@@ -432,6 +432,7 @@ class Trainer:
                  "reference": None if references is None else references[i],
                  "judge": None if r_judge is None else float(r_judge[i]),
                  "judge_mass": None if r_judge is None else float(p_yes[i] + p_no[i]),
+                 "judge_gated": None if scores is None else bool(scores.gated[i]),
                  "rerank": None if r_rerank is None else float(r_rerank[i]), "advantage": float(advantages[i])}
                 for i, (q, g, t, r, v, d) in enumerate(zip(questions, golds, ro.response_text, rewards, r_vr, verdicts))
             ])
