@@ -286,3 +286,12 @@ def test_monitor_stop_on_alert_and_an_all_abstaining_judge_say_so(tmp_path, smol
     (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     (step,) = _steps(run)
     assert step["monitor/all_abstained"] == 1.0 and step["monitor/alert"] == 1.0
+
+
+@pytest.mark.slow
+def test_time_budget_starts_no_step_that_would_end_past_it(tmp_path, smollm2_path):
+    run = _run(tmp_path, "train.steps=3", "train.time_budget_min=0.0001", "train.eval_every=0")
+    assert [m["step"] for m in _steps(run)] == [1]  # the first step always runs; the second would not fit
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any(e.get("event") == "train_done" for e in events)
+    assert (run / "checkpoints" / "step-000001").is_dir()  # saved at the stop
