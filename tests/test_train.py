@@ -295,3 +295,12 @@ def test_time_budget_starts_no_step_that_would_end_past_it(tmp_path, smollm2_pat
     events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert any(e.get("event") == "train_done" for e in events)
     assert (run / "checkpoints" / "step-000001").is_dir()  # saved at the stop
+
+
+def test_a_failed_start_leaves_no_run_directory(tmp_path, capsys):
+    missing = tmp_path / "no-such-model"
+    missing.mkdir()  # exists (the config check passes) but holds no model: loading fails
+    args = [str(TINY), "--set", f"run.output_dir={json.dumps(str(tmp_path / 'runs'))}",
+            "--set", f"model.name_or_path={json.dumps(str(missing))}"]
+    assert train_main(args) == 2
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

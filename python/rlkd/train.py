@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import json
 import random
+import shutil
 import sys
 import time
 from contextlib import contextmanager
@@ -721,6 +722,11 @@ def train(cfg: Config, *, resume_dir: Path | None = None) -> Path:
         start_model, start_key = str(sft.path), f"sft:{sft.key}"
         print(f"rlkd: RL starts from the SFT checkpoint {sft.path}")
     run_dir = resume_dir if resume_dir is not None else prepare_run_dir(cfg)
-    trainer = Trainer(cfg, run_dir, resume=resume_dir is not None, start_model=start_model, start_model_key=start_key)
+    try:
+        trainer = Trainer(cfg, run_dir, resume=resume_dir is not None, start_model=start_model, start_model_key=start_key)
+    except BaseException:
+        if resume_dir is None:  # a failed start leaves no orphan run directory behind
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     trainer.run()
     return run_dir
