@@ -29,7 +29,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from rlkd.judge import JudgeError, SingleTokenJudge
+from rlkd.judge import JudgeError, SingleTokenJudge, check_rows
 
 __all__ = ["GENERATIVE_SUFFIX", "GenerativeJudge", "GenerativeVerdicts", "generative_template", "parse_verdict"]
 
@@ -155,9 +155,7 @@ class GenerativeJudge(SingleTokenJudge):
         from rlkd.rollout import HFRollout
 
         start = time.perf_counter()
-        n = len(responses)
-        if len(questions) != n:
-            raise JudgeError(f"judge.score: {len(questions)} questions but {n} responses")
+        n = check_rows(questions, responses, references, needs_reference=self.needs_reference)
         gated = self.gate(responses)
         keep = np.flatnonzero(~gated)
         pick = lambda xs: None if xs is None else [xs[i] for i in keep]  # noqa: E731

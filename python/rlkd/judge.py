@@ -55,6 +55,16 @@ class JudgeError(RlkdError):
     """The judge cannot be set up with this model, tokenizer or template."""
 
 
+def check_rows(questions: Sequence, responses: Sequence, references: Sequence | None, *, needs_reference: bool) -> int:
+    """The number of rows of a judge call, after checking its per-row inputs line up."""
+    n = len(responses)
+    if len(questions) != n:
+        raise JudgeError(f"judge.score: {len(questions)} questions but {n} responses")
+    if needs_reference and (references is None or len(references) != n):
+        raise JudgeError("judge.score: this template needs one reference per response")
+    return n
+
+
 @dataclass(frozen=True)
 class JudgeScores:
     """Per-sample judge outputs, float32 arrays of shape [n] in input order."""
@@ -208,11 +218,7 @@ class SingleTokenJudge:
     ) -> list:
         """The judge prompts as `rlkd._core.PackedBatch`es: length-sorted, left-padded, overlong
         responses cut from the start (the answer is at the end)."""
-        n = len(responses)
-        if len(questions) != n:
-            raise JudgeError(f"judge.score: {len(questions)} questions but {n} responses")
-        if self.needs_reference and (references is None or len(references) != n):
-            raise JudgeError("judge.score: this template needs one reference per response")
+        n = check_rows(questions, responses, references, needs_reference=self.needs_reference)
         values = {"question": questions, "response": responses, "reference": references or [""] * n}
         field_ids = [  # fields are untrusted text: never chat-control tokens
             [self._plain.encode(lead + text) for text in values[name]]
@@ -238,14 +244,10 @@ class SingleTokenJudge:
         *,
         progress: bool = False,
     ) -> JudgeScores:
-        n = len(responses)
-        if len(questions) != n:
-            raise JudgeError(f"judge.score: {len(questions)} questions but {n} responses")
+        n = check_rows(questions, responses, references, needs_reference=self.needs_reference)
         gated = self.gate(responses)
         keep = np.flatnonzero(~gated)
         pick = lambda xs: None if xs is None else [xs[i] for i in keep]  # noqa: E731
-        if self.needs_reference and (references is None or len(references) != n):
-            raise JudgeError("judge.score: this template needs one reference per response")
         batches = self.pack(pick(questions), pick(responses), pick(references)) if len(keep) else []
         p_yes = np.zeros(n, dtype=np.float32)
         p_no = np.zeros(n, dtype=np.float32)

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from rlkd.judge import JudgeError, JudgeScores
+from rlkd.judge import JudgeError, JudgeScores, check_rows
 
 __all__ = ["RemoteJudge", "RemoteJudgeError"]
 
@@ -70,11 +70,7 @@ class RemoteJudge:
         *,
         progress: bool = False,
     ) -> JudgeScores:
-        n = len(responses)
-        if len(questions) != n:
-            raise JudgeError(f"judge.score: {len(questions)} questions but {n} responses")
-        if self.needs_reference and (references is None or len(references) != n):
-            raise JudgeError("judge.score: this judge's template needs one reference per response")
+        n = check_rows(questions, responses, references, needs_reference=self.needs_reference)
         rows: list[dict] = []
         truncated = 0
         for start in range(0, n, self.max_request_rows):
