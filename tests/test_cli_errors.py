@@ -78,5 +78,7 @@ def test_plot_and_judge_use_the_same_path(tmp_path: Path, data_file: Path) -> No
     broken = tmp_path / "model"
     broken.mkdir()
     (broken / "config.json").write_text("{not json")
-    result = run("rlkd-judge", broken, "--data", data_file, "--out", tmp_path / "o")
+    judge_rows = tmp_path / "judge.jsonl"  # a valid judge file (rlkd-judge reads its data before the model)
+    judge_rows.write_text('{"question": "What is 2 + 2?", "response": "The answer is 4.", "answer": "#### 4"}\n')
+    result = run("rlkd-judge", broken, "--data", judge_rows, "--out", tmp_path / "o")
     assert_user_error(result, "rlkd-judge", "config.json is corrupt")

@@ -157,7 +157,7 @@ def test_apply_lora(tiny_model_path: Path) -> None:
 # activations, not the logits, dominate), in a fresh process: RSS is the real memory, and a fresh
 # process has no freed-but-kept blocks from an earlier run.
 _PEAK_SCRIPT = r"""
-import resource, sys, torch
+import sys, torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from rlkd.algorithms import token_logprobs
 from rlkd.models import enable_gradient_checkpointing
@@ -169,10 +169,13 @@ model = LlamaForCausalLM(config).eval()
 if sys.argv[1] == "on":
     enable_gradient_checkpointing(model)
 ids = torch.randint(0, 256, (2, 1024))
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def status_kb(field):
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field + ":"))
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS: imports do not count
+before = status_kb("VmRSS")
 logp, _, _ = token_logprobs(model, ids, torch.ones_like(ids))
 logp.sum().backward()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+print((status_kb("VmHWM") - before) / 1024)
 """
 
 

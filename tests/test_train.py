@@ -282,7 +282,7 @@ def test_monitor_stop_on_alert_and_an_all_abstaining_judge_say_so(tmp_path, smol
                        "--set", "judge.answer_gate=false", "--set", "judge.abstain_threshold=1.0",
                        "--set", "monitor.stop_on_alert=true", "--set", "train.eval_every=0"])  # fmt: skip
     err = capsys.readouterr().err
-    assert code == 1 and "ABSTAINED on every sample" in err and "stopped by the hacking monitor" in err
+    assert code == 2 and "ABSTAINED on every sample" in err and "stopped by the hacking monitor" in err
     (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     (step,) = _steps(run)
     assert step["monitor/all_abstained"] == 1.0 and step["monitor/alert"] == 1.0

@@ -79,6 +79,15 @@ class JudgeCalibrator:
 
             self._model = LogisticRegression(C=1e4).fit(_logit(x)[:, None], y.astype(int))
 
+    def state_dict(self) -> dict[str, list[float]]:
+        """The labeled pairs seen so far (JSON): the fit is a function of them."""
+        return {"r": list(self._r), "y": list(self._y)}
+
+    def load_state_dict(self, state: dict[str, list[float]]) -> None:
+        """Restores the pairs and refits exactly as the run that saved them had."""
+        self._r, self._y, self._model = [], [], None
+        self.update(np.asarray(state["r"], dtype=np.float64), np.asarray(state["y"], dtype=np.float64))
+
     def decision_point(self) -> float:
         """The judge reward at which the calibrated P(correct) first reaches 0.5 (NaN: unfitted)."""
         if self._model is None:

@@ -111,6 +111,7 @@ class StepBoundary:
     step: int
     sampler: dict[str, Any]
     rng: dict[str, Any]
+    calibration: dict[str, Any] | None = None  # the judge calibrator's labeled pairs (rlkd.calibration)
 
 
 # Where a test may interrupt the loop (`Trainer.interrupt_hook`): after the update (weights
@@ -224,7 +225,7 @@ class Trainer:
         self._updating = False
         self.log = RunLog(run_dir, tensorboard=cfg.log.tensorboard, wandb=cfg.log.wandb,
                           wandb_project=cfg.log.wandb_project, run_name=cfg.run.name)
-        self.boundary = StepBoundary(0, self.sampler.state_dict(), rng_state())
+        self.boundary = StepBoundary(0, self.sampler.state_dict(), rng_state(), self._calibration_state())
         if resume:
             self._resume()
 
@@ -235,8 +236,12 @@ class Trainer:
 
     def _finish_step(self) -> None:
         """Step, sampler position and RNG move to the next step boundary together."""
-        self.boundary = StepBoundary(self.boundary.step + 1, self.sampler.state_dict(), rng_state())
+        self.boundary = StepBoundary(self.boundary.step + 1, self.sampler.state_dict(), rng_state(),
+                                     self._calibration_state())
         self._updating = False
+
+    def _calibration_state(self) -> dict[str, Any] | None:
+        return self.calibrator.state_dict() if self.calibrator is not None else None
 
     def _at(self, point: str) -> None:
         if self.interrupt_hook is not None:
@@ -296,8 +301,10 @@ class Trainer:
         restore_policy(ckpt, self.policy)
         state = load_training_state(ckpt, optimizer=self.optimizer, scheduler=self.scheduler, value_head=self.value_head)
         self.sampler.load_state_dict(state["sampler"])
+        if self.calibrator is not None and state.get("calibration"):
+            self.calibrator.load_state_dict(state["calibration"])
         self._sync_rollout_weights()
-        self.boundary = StepBoundary(int(state["step"]), self.sampler.state_dict(), rng_state())
+        self.boundary = StepBoundary(int(state["step"]), self.sampler.state_dict(), rng_state(), self._calibration_state())
         self._last_checkpoint_step = self.step
         self.log.truncate_from(self.step + 1)
         print(f"rlkd: resumed {self.run_dir} at step {self.step} from {ckpt.name}")
@@ -665,7 +672,7 @@ class Trainer:
         path = save_checkpoint(
             self.run_dir, b.step, model=self.policy, tokenizer=self.tokenizer, optimizer=self.optimizer,
             scheduler=self.scheduler, value_head=self.value_head,
-            trainer_state={"step": b.step, "sampler": b.sampler}, rng=b.rng,
+            trainer_state={"step": b.step, "sampler": b.sampler, "calibration": b.calibration}, rng=b.rng,
             keep_last=self.cfg.train.keep_checkpoints or None,
         )
         self._last_checkpoint_step = b.step
