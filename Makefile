@@ -15,7 +15,7 @@ $(VENV)/.deps: pyproject.toml
 	$(PY) -m pip install -q "maturin>=1.7,<2" "tomli>=2; python_version < '3.11'"
 	# Install the declared dependencies (and dev extras) without building rlkd twice.
 	$(PY) -c "import sys; t=__import__('tomllib' if sys.version_info >= (3, 11) else 'tomli'); p=t.load(open('pyproject.toml','rb'))['project']; print('\n'.join(p['dependencies']+p['optional-dependencies']['dev']))" > $(VENV)/requirements.txt
-	$(PY) -m pip install -q -r $(VENV)/requirements.txt
+	$(PY) -m pip install -q --resume-retries 20 -r $(VENV)/requirements.txt
 	# Editable install: console scripts + a .pth to python/; `build` then only recompiles in place.
 	. $(VENV)/bin/activate && maturin develop --release --quiet
 	touch $@
