@@ -153,6 +153,17 @@ def test_apply_lora(tiny_model_path: Path) -> None:
         apply_lora(model2, rank=4, alpha=8.0, target_modules=["query_key_value"])
 
 
+def test_lora_trains_fp32_adapters_over_a_frozen_half_precision_base(tiny_model_path: Path) -> None:
+    pytest.importorskip("peft")
+    assert models.trainable_load_dtype("bfloat16", lora_rank=0) == "float32"  # full FT: fp32 masters
+    model, _ = load_causal_lm(str(tiny_model_path), dtype=models.trainable_load_dtype("bfloat16", lora_rank=4))
+    peft_model = apply_lora(model, rank=4, alpha=8.0, target_modules=["q_proj", "v_proj"])
+    dtypes = {p.requires_grad: set() for p in peft_model.parameters()}
+    for p in peft_model.parameters():
+        dtypes[p.requires_grad].add(p.dtype)
+    assert dtypes == {True: {torch.float32}, False: {torch.bfloat16}}
+
+
 # Peak RSS growth of one forward + backward of a small Llama (vocab kept small so that the layers'
 # activations, not the logits, dominate), in a fresh process: RSS is the real memory, and a fresh
 # process has no freed-but-kept blocks from an earlier run.

@@ -42,6 +42,7 @@ __all__ = [
     "build_optimizer",
     "build_scheduler",
     "flat_to_response",
+    "gather_logprobs",
     "kl_penalty",
     "make_policy_batch",
     "masked_aggregate",
@@ -315,6 +316,12 @@ class _GatherLogProb(torch.autograd.Function):
         return grad, None, None
 
 
+def gather_logprobs(logits: Tensor, targets: Tensor, temperature: float = 1.0) -> Tensor:
+    """``log_softmax(logits / temperature)[targets]`` for ``logits`` ``[N, V]`` (any float dtype),
+    ``targets`` ``[N]``: ``[N]`` fp32, differentiable, without an fp32 ``[N, V]`` copy."""
+    return _GatherLogProb.apply(logits, targets, float(temperature))
+
+
 @torch.no_grad()
 def _entropy(logits: Tensor, temperature: float) -> Tensor:
     n, v = logits.shape
@@ -366,7 +373,7 @@ def token_logprobs(
     flat = logits.reshape(b * t, v)  # a view: logits are contiguous
     targets = torch.zeros_like(input_ids)
     targets[:, :-1] = input_ids[:, 1:]  # position t predicts token t+1; the last column is a dummy
-    lp_next = _GatherLogProb.apply(flat, targets.reshape(-1), float(temperature)).view(b, t)
+    lp_next = gather_logprobs(flat, targets.reshape(-1), temperature).view(b, t)
     logprobs = _shift_right(lp_next)
     entropy = _shift_right(_entropy(flat, float(temperature)).view(b, t)) if return_entropy else None
     hidden = out.hidden_states[-1] if return_hidden else None

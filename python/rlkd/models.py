@@ -35,6 +35,7 @@ __all__ = [
     "load_causal_lm",
     "load_sequence_classifier",
     "resolve_dtype",
+    "trainable_load_dtype",
     "resolve_model",
     "set_torch_threads",
     "tiny_random_causal_lm",
@@ -177,6 +178,13 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     if kind == "cpu":
         return torch.bfloat16 if cpu_supports_bf16() else torch.float32
     return torch.float32
+
+
+def trainable_load_dtype(dtype: str, lora_rank: int) -> str:
+    """The dtype to load a model that will be trained: full fine-tuning keeps fp32 master weights
+    for AdamW; under LoRA the base is frozen, so it stays in the compute dtype (half the memory)
+    while peft keeps the adapters, the only trained weights, in fp32."""
+    return dtype if lora_rank > 0 else "float32"
 
 
 def set_torch_threads(n: int | None) -> None:

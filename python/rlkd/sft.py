@@ -35,6 +35,7 @@ from typing import Any, Sequence
 
 import torch
 
+from rlkd.algorithms import gather_logprobs
 from rlkd.config import Config, render_template
 from rlkd.data import Example, build_pools
 from rlkd.rollout import render_prompts
@@ -113,12 +114,12 @@ def sft_loss(model: Any, rows: Sequence[tuple[list[int], list[int]]], pad_id: in
         mask[i, : len(seq)] = 1
     device = next(model.parameters()).device
     logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-    # Position t predicts token t+1: shift labels left by one.
+    # Position t predicts token t+1: shift labels left by one; only response positions are kept,
+    # and their log-softmax runs in fp32 chunks (no fp32 [rows, width, vocab] copy).
     shifted = labels[:, 1:].to(device)
-    loss = torch.nn.functional.cross_entropy(
-        logits[:, :-1].float().reshape(-1, logits.shape[-1]), shifted.reshape(-1), ignore_index=-100, reduction="sum"
-    )
-    return loss, int((shifted != -100).sum())
+    keep = shifted != -100
+    logprobs = gather_logprobs(logits[:, :-1][keep], shifted[keep])
+    return -logprobs.sum(), int(keep.sum())
 
 
 def _examples(cfg: Config) -> list[Example]:
@@ -182,11 +183,11 @@ def _train(cfg: Config, examples: Sequence[Example], out: Path, *, progress: boo
     from tqdm.auto import tqdm
 
     from rlkd.algorithms import build_optimizer, build_scheduler
-    from rlkd.models import apply_lora, load_causal_lm, resolve_dtype
+    from rlkd.models import apply_lora, load_causal_lm, resolve_dtype, trainable_load_dtype
 
     s, m = cfg.sft, cfg.model
     start = time.perf_counter()
-    model, tokenizer = load_causal_lm(m.name_or_path, dtype="float32", device=m.device)
+    model, tokenizer = load_causal_lm(m.name_or_path, dtype=trainable_load_dtype(m.dtype, s.lora_rank), device=m.device)
     rows, skipped = build_sft_rows(tokenizer, examples, system_prompt=m.system_prompt or None,
                                    user_template=m.user_template, max_len=s.max_len)
     if s.lora_rank > 0:

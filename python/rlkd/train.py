@@ -69,6 +69,7 @@ from rlkd.models import (
     load_causal_lm,
     load_sequence_classifier,
     resolve_dtype,
+    trainable_load_dtype,
     set_torch_threads,
 )
 from rlkd.rewards import EQUAL, UNLABELED, Reranker, RewardWeights, VRValues, mix_rewards, verifiable_rewards
@@ -151,9 +152,11 @@ class Trainer:
         self.weights = RewardWeights(vr=w.vr_weight, judge=w.judge_weight, rerank=w.rerank_weight)
         self.vr_values = VRValues(correct=w.correct, wrong=w.wrong, no_answer=w.no_answer)
 
-        # Policy: fp32 master weights for the optimizer; rollouts run a copy in the compute dtype.
+        # Policy: fp32 trained weights (all of them, or the LoRA adapters over a frozen base in the
+        # compute dtype); rollouts run a copy in the compute dtype.
         m = cfg.model
-        self.policy, self.tokenizer = load_causal_lm(self.start_model, dtype="float32", device=m.device)
+        self.policy, self.tokenizer = load_causal_lm(self.start_model, dtype=trainable_load_dtype(m.dtype, m.lora_rank),
+                                                     device=m.device)
         if m.lora_rank > 0:
             self.policy = apply_lora(self.policy, m.lora_rank, m.lora_alpha, list(m.lora_target_modules))
         if m.gradient_checkpointing:
