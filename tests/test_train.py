@@ -304,3 +304,31 @@ def test_a_failed_start_leaves_no_run_directory(tmp_path, capsys):
             "--set", f"model.name_or_path={json.dumps(str(missing))}"]
     assert train_main(args) == 2
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_lora_rollout_model_is_the_plain_model_with_the_adapters_merged(tmp_path, tiny_model_path):
+    """HF rollouts decode with a plain model (no LoRA layers: faster), synced to the policy's weights."""
+    from rlkd.algorithms import token_logprobs
+    from rlkd.train import Trainer, prepare_run_dir
+
+    cfg = _tiny_cfg(tmp_path, tiny_model_path, "model.lora_rank=4", "model.lora_alpha=8.0", "model.dtype=\"float32\"",
+                    'model.lora_target_modules=["q_proj", "v_proj"]', "optim.lr=0.05", "train.steps=1", "train.eval_every=0")
+    trainer = Trainer(cfg, prepare_run_dir(cfg))
+    trainer.run()
+    engine = trainer.rollout.model
+    assert not any("lora" in name for name, _ in engine.named_parameters())
+    ids = torch.tensor([[1, 5, 9, 13, 17, 21]])
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        want = token_logprobs(trainer.policy, ids, mask)[0]
+        got = token_logprobs(engine, ids, mask)[0]
+    assert torch.allclose(got, want, atol=1e-5)
+    base = _plain(tiny_model_path)
+    with torch.no_grad():
+        assert not torch.allclose(token_logprobs(base, ids, mask)[0], want, atol=1e-4)  # the update moved it
+
+
+def _plain(path: Path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()

@@ -501,7 +501,7 @@ class VLLMRollout:
             raise RuntimeError("sync_weights called while asleep; call wake_up() first")
         bucket: list[tuple[str, torch.Tensor]] = []
         size = 0
-        for name, tensor in _hf_state_items(model):
+        for name, tensor in hf_state_items(model):
             t = tensor.detach().to("cpu", copy=False).contiguous()
             bucket.append((name, t))
             size += t.numel() * t.element_size()
@@ -526,7 +526,7 @@ class VLLMRollout:
             self._sleeping = False
 
 
-def _hf_state_items(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+def hf_state_items(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
     """(name, tensor) pairs in plain HF naming: peft LoRA weights merged, value heads dropped."""
     try:
         from peft import PeftModel

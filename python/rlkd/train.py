@@ -73,7 +73,7 @@ from rlkd.models import (
     set_torch_threads,
 )
 from rlkd.rewards import EQUAL, UNLABELED, Reranker, RewardWeights, VRValues, mix_rewards, verifiable_rewards
-from rlkd.rollout import HFRollout, render_prompts
+from rlkd.rollout import HFRollout, hf_state_items, render_prompts
 from rlkd.runlog import RunLog
 from rlkd.significance import correct_by_id, format_comparison, paired_comparison
 
@@ -269,19 +269,30 @@ class Trainer:
                 max_model_len=r.vllm_max_model_len,
             )
         else:
-            rollout_model = copy.deepcopy(self.policy).to(self.compute_dtype).eval().requires_grad_(False)
+            # A plain model in the compute dtype that the sync fills with the policy's merged weights:
+            # unmerged LoRA layers make each decoding step ~1.5x slower (measured on the 0.5B student).
+            rollout_model = self._plain_copy_of_policy()
             rollout = HFRollout(rollout_model, self.tokenizer, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
                                 top_p=r.top_p, batch_size=r.batch_size)
         return rollout
+
+    def _plain_copy_of_policy(self) -> torch.nn.Module:
+        """The policy without LoRA layers, in the compute dtype, frozen (its weights: `_sync_rollout_weights`)."""
+        if self.cfg.model.lora_rank > 0:
+            model, _ = load_causal_lm(self.start_model, dtype=self.cfg.model.dtype, device=self.cfg.model.device)
+        else:
+            model = copy.deepcopy(self.policy).to(self.compute_dtype)
+        return model.eval().requires_grad_(False)
 
     def _sync_rollout_weights(self) -> None:
         """After an update the rollout engine must sample from the new policy."""
         if hasattr(self.rollout, "sync_weights"):
             self.rollout.sync_weights(self.policy)
             return
-        with torch.no_grad():  # the hf rollout model is a same-structure copy (LoRA included)
-            for target, source in zip(self.rollout.model.state_dict().values(), self.policy.state_dict().values()):
-                target.copy_(source)
+        target = self.rollout.model.state_dict()
+        with torch.no_grad():  # the hf rollout model is the plain model: LoRA deltas merged in
+            for name, tensor in hf_state_items(self.policy):
+                target[name].copy_(tensor)
 
     @contextmanager
     def _rollout_engine_asleep(self):
