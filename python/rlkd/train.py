@@ -91,6 +91,16 @@ def timed(times: dict[str, float], phase: str):
     times[f"time/{phase}_s"] = times.get(f"time/{phase}_s", 0.0) + time.perf_counter() - start
 
 
+def peak_rss_gb() -> float:
+    """This process's peak resident memory so far (VmHWM, Linux; NaN elsewhere), in GB."""
+    try:
+        with open("/proc/self/status") as f:
+            kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration, ValueError):
+        return float("nan")
+    return kib / 1e6
+
+
 @contextmanager
 def rng_preserved():
     """Whatever runs inside leaves the global RNGs as it found them (an eval must not change
@@ -446,6 +456,7 @@ class Trainer:
         new_tokens = sum(len(r) for r in ro.response_ids)
         metrics["throughput/rollout_tokens_per_s"] = new_tokens / max(times["time/rollout_s"], 1e-9)
         metrics["lr"] = self.scheduler.get_last_lr()[0]
+        metrics["memory/peak_rss_gb"] = peak_rss_gb()
         if cfg.log.samples_every > 0 and (self.step + 1) % cfg.log.samples_every == 0:
             extracted = _core.extract_answers(ro.response_text)
             self.log.log_samples(self.step + 1, [
