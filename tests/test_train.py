@@ -261,6 +261,21 @@ def test_an_empty_update_still_steps_the_lr_schedule(tmp_path, tiny_model_path):
     assert [m["lr"] for m in steps] == pytest.approx([lr * 2 / 4, lr * 3 / 4, lr * 4 / 4])
 
 
+def test_all_equal_groups_skip_the_update_and_leave_the_weights(tmp_path, tiny_model_path):
+    # Every reward the same: every group advantage is 0, so there is no gradient; no forward/backward
+    # runs and AdamW's momentum does not move the weights either.
+    from rlkd.train import Trainer, prepare_run_dir
+
+    cfg = _tiny_cfg(tmp_path, tiny_model_path, "rewards.vr_weight=1.0", "rewards.judge_weight=0.0",
+                    "rewards.correct=0.5", "rewards.wrong=0.5", "rewards.no_answer=0.5",
+                    "train.steps=2", "train.eval_every=0", "train.checkpoint_every=0")
+    trainer = Trainer(cfg, prepare_run_dir(cfg))
+    before = [p.detach().clone() for p in trainer.policy.parameters()]
+    trainer.run()
+    assert [m["update/skipped"] for m in _steps(trainer.run_dir)] == [1.0, 1.0]
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.policy.parameters()))
+
+
 def test_judge_only_run_reports_the_hacking_monitor(tmp_path, smollm2_path, capsys):
     """λ = 0 with the gate off: the monitor's metrics are in metrics.jsonl, and its warnings in stderr."""
     run = _run(tmp_path, "rewards.vr_weight=0.0", "rewards.judge_weight=1.0", "judge.answer_gate=false",

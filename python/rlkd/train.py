@@ -542,7 +542,10 @@ class Trainer:
         advantages = np.zeros(len(rewards), dtype=np.float32)
         if a.name != "ppo":
             advantages = _core.group_advantages(rewards, G, estimator=a.name, eps=a.adv_eps)
-        if len(keep) == 0:  # nothing to learn from; the LR schedule still counts the step
+        # Nothing to learn from: no sample kept, or (group baselines, no KL term) every group all-equal,
+        # so every gradient is exactly 0 -- skip the forward/backward; the LR schedule still counts the step.
+        no_signal = a.name != "ppo" and a.kl_coef == 0 and not np.any(advantages[keep])
+        if len(keep) == 0 or no_signal:
             self.scheduler.step()
             return {"loss/total": float("nan"), "update/skipped": 1.0}, advantages
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
