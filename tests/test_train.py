@@ -262,12 +262,12 @@ def test_an_empty_update_still_steps_the_lr_schedule(tmp_path, tiny_model_path):
 
 
 def test_all_equal_groups_skip_the_update_and_leave_the_weights(tmp_path, tiny_model_path):
-    # Every reward the same: every group advantage is 0, so there is no gradient; no forward/backward
-    # runs and AdamW's momentum does not move the weights either.
+    # One-token responses, no answer marker: every reward is no_answer (0), every group advantage is 0,
+    # so there is no gradient; no forward/backward runs and AdamW's momentum does not move the weights.
     from rlkd.train import Trainer, prepare_run_dir
 
     cfg = _tiny_cfg(tmp_path, tiny_model_path, "rewards.vr_weight=1.0", "rewards.judge_weight=0.0",
-                    "rewards.correct=0.5", "rewards.wrong=0.5", "rewards.no_answer=0.5",
+                    "data.labeled_fraction=1.0", "rollout.max_new_tokens=1", "rewards.truncated_needs_marker=true",
                     "train.steps=2", "train.eval_every=0", "train.checkpoint_every=0")
     trainer = Trainer(cfg, prepare_run_dir(cfg))
     before = [p.detach().clone() for p in trainer.policy.parameters()]
