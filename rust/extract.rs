@@ -9,13 +9,31 @@
 //! 2. GSM8K `#### x`: the rest of that line.
 //! 3. An answer phrase, case-insensitive: "... answer is x", "... answer is: x", "Answer: x",
 //!    "Final Answer" followed by the value on the next line, and `A: x` at the start of a line.
-//!    The value is the rest of the line, cut at the first sentence end (". ").
+//!    The value is the rest of the line, cut at the first sentence end (". "). It must look like
+//!    math (see *Values* below); otherwise the previous answer phrase is tried.
 //! 4. Only when `strict == false`, whichever of these ends later in the text:
 //!    the last closed math span (`$..$`, `$$..$$`, `\(..\)`, `\[..\]`) or the last number
 //!    (sign, digits with `,` groups, decimals, `a/b`, and a trailing `%` / "percent").
 //!
 //! The result is a sub-slice of the input, trimmed of surrounding whitespace, a trailing
 //! `.`/`,`/`;`, wrapping `$`, `\(..\)`, `\[..\]` and `**`. An empty result is `None`.
+//!
+//! # Values
+//! An answer is a value, not a comment on the solution (the judge's answer gate and the
+//! verifier's `no_answer` rely on this: "The answer is correct." states no answer):
+//! - After an answer phrase (rule 3) the value must look like math: it holds a digit, a LaTeX
+//!   command (`\frac`, `\text{..}`, `\pi`), a `$` math delimiter, a math symbol (`π √ ∞ × ÷ ± ≤ ≥ ≠ °`),
+//!   or letters only as single-letter words (a variable or a choice: `x`, `(C)`, `p - q`).
+//!   Prose is not a value: "The answer is correct.", "Final Answer: Yes", "Answer: the same as
+//!   the reference". Word answers count when written as math (`$Evelyn$`, `\text{even}`) or boxed.
+//! - Inside `\boxed{}` and after `####` (explicit answer commands) words are values
+//!   (`\boxed{Evelyn}`, `\boxed{Yes}`), except a verdict.
+//! - A verdict is never a value, in any rule: text with no digit whose words are all of
+//!   "correct", "incorrect", "wrong", "verified", "accurate", "inaccurate" and filler ("the",
+//!   "answer", "is", "yes", "this", ...), with at least one of the former: `\boxed{correct}`,
+//!   `#### The answer is correct`, `$\text{Correct!}$`. LaTeX command names do not count as words.
+//! A rule whose candidate is not a value tries its earlier candidates (at most
+//! [`MAX_REJECTED`] rejected ones, which keeps extraction linear), then the next rule.
 //!
 //! # Cost
 //! Every rule is one or two linear scans over the bytes (brace matching is a single stack pass),
@@ -49,7 +67,7 @@ pub fn extract(text: &str, strict: bool) -> Option<Extracted<'_>> {
     let found = |range: Option<(usize, usize)>, source| {
         range
             .map(|(a, b)| trim_answer(&text[a..b]))
-            .filter(|t| !t.is_empty())
+            .filter(|t| !t.is_empty() && !is_verdict(t))
             .map(|text| Extracted { text, source })
     };
     if let Some(e) = found(last_boxed(text), Source::Boxed) {
@@ -117,6 +135,79 @@ pub fn trim_answer(mut s: &str) -> &str {
     }
 }
 
+/// A rule gives up on its earlier candidates after this many were rejected as not values.
+pub const MAX_REJECTED: usize = 16;
+
+/// Words that grade a solution instead of answering the question (see *Values*).
+const VERDICT_WORDS: [&str; 6] = ["correct", "incorrect", "wrong", "verified", "accurate", "inaccurate"];
+/// Words that may stand next to a verdict word without making the text an answer.
+const FILLER_WORDS: [&str; 26] = [
+    "the", "answer", "answers", "final", "is", "are", "my", "this", "that", "it", "solution", "response", "student",
+    "s", "yes", "no", "true", "false", "and", "very", "definitely", "absolutely", "completely", "totally", "fully", "be",
+];
+
+/// The words of `v` (runs of alphabetic chars), LaTeX command names skipped.
+fn words(v: &str) -> impl Iterator<Item = &str> {
+    let mut rest = v;
+    std::iter::from_fn(move || loop {
+        let start = rest.find(|c: char| c.is_alphabetic() || c == '\\')?;
+        let tail = &rest[start..];
+        let is_command = tail.starts_with('\\');
+        let body = if is_command { &tail[1..] } else { tail };
+        let len = body.find(|c: char| !(if is_command { c.is_ascii_alphabetic() } else { c.is_alphabetic() })).unwrap_or(body.len());
+        rest = &body[len..];
+        if !is_command && len > 0 {
+            return Some(&body[..len]);
+        }
+    })
+}
+
+/// A verdict on the solution rather than an answer (see *Values*).
+pub fn is_verdict(v: &str) -> bool {
+    if v.bytes().any(|b| b.is_ascii_digit()) {
+        return false;
+    }
+    let listed = |list: &[&str], w: &str| list.iter().any(|x| x.eq_ignore_ascii_case(w));
+    let mut graded = false;
+    for w in words(v) {
+        if listed(&VERDICT_WORDS, w) {
+            graded = true;
+        } else if !listed(&FILLER_WORDS, w) {
+            return false;
+        }
+    }
+    graded
+}
+
+/// An answer phrase's value looks like math (see *Values*).
+pub fn looks_like_math(v: &str) -> bool {
+    let bytes = v.as_bytes();
+    if bytes.iter().any(|b| b.is_ascii_digit() || *b == b'$') {
+        return true;
+    }
+    if bytes.windows(2).any(|w| w[0] == b'\\' && (w[1].is_ascii_alphabetic() || matches!(w[1], b'(' | b'[' | b'{'))) {
+        return true;
+    }
+    if v.chars().any(|c| "π√∞×÷±≤≥≠°∑∫·−".contains(c)) {
+        return true;
+    }
+    // Letters only as single-letter words: variables and choices.
+    let mut run = 0;
+    let mut letters = false;
+    for c in v.chars() {
+        if c.is_alphabetic() {
+            run += 1;
+            letters = true;
+            if run > 1 {
+                return false;
+            }
+        } else {
+            run = 0;
+        }
+    }
+    letters
+}
+
 /// Positions where `needle` (ASCII) occurs, case-sensitive, in one pass.
 fn find_all<'a>(hay: &'a [u8], needle: &'a [u8]) -> impl Iterator<Item = usize> + 'a {
     memchr::memmem::find_iter(hay, needle)
@@ -170,18 +261,25 @@ fn last_boxed(text: &str) -> Option<(usize, usize)> {
         i += 1;
     }
     closes.sort_unstable();
+    let mut rejected = 0;
     for &(start, braced) in candidates.iter().rev() {
-        if braced {
-            if let Ok(k) = closes.binary_search_by_key(&start, |c| c.0) {
-                return Some((start + 1, closes[k].1));
-            }
+        let range = if braced {
+            closes.binary_search_by_key(&start, |c| c.0).ok().map(|k| (start + 1, closes[k].1))
         } else {
             let len = bytes[start..]
                 .iter()
                 .position(|b| b.is_ascii_whitespace() || *b == b'$')
                 .unwrap_or(bytes.len() - start);
-            if len > 0 {
-                return Some((start, start + len));
+            (len > 0).then_some((start, start + len))
+        };
+        if let Some((a, b)) = range {
+            let content = trim_answer(&text[a..b]);
+            if !content.is_empty() && !is_verdict(content) {
+                return Some((a, b));
+            }
+            rejected += 1;
+            if rejected >= MAX_REJECTED {
+                return None;
             }
         }
     }
@@ -214,11 +312,15 @@ fn skip_while(bytes: &[u8], mut i: usize, pred: impl Fn(u8) -> bool) -> usize {
 fn last_phrase(text: &str) -> Option<(usize, usize)> {
     let bytes = text.as_bytes();
     let mut best: Option<(usize, usize, usize)> = None; // (marker position, value start, value end)
+    // Whether the value after `marker` is an answer (kept when it is the latest so far).
     let mut consider = |marker: usize, value_start: usize| {
         let (a, b) = phrase_value(bytes, value_start);
-        if b > a && best.is_none_or(|(m, _, _)| marker > m) {
+        let value = &text[a..b];
+        let ok = b > a && looks_like_math(value) && !is_verdict(trim_answer(value));
+        if ok && best.is_none_or(|(m, _, _)| marker > m) {
             best = Some((marker, a, b));
         }
+        ok
     };
     // "answer" / "Answer" / "ANSWER", found without lower-casing a copy of the text.
     let mut answers: Vec<usize> = find_all(bytes, b"nswer")
@@ -228,7 +330,8 @@ fn last_phrase(text: &str) -> Option<(usize, usize)> {
         .collect();
     answers.sort_unstable();
     let starts_ci = |at: usize, word: &[u8]| bytes.get(at..at + word.len()).is_some_and(|w| w.eq_ignore_ascii_case(word));
-    // The last "answer" that is followed by a value marker wins.
+    // The last "answer" that is followed by a value marker and a value wins.
+    let mut rejected = 0;
     for &pos in answers.iter().rev() {
         if pos > 0 && bytes[pos - 1].is_ascii_alphabetic() {
             continue; // e.g. "manswer"
@@ -252,8 +355,13 @@ fn last_phrase(text: &str) -> Option<(usize, usize)> {
             None
         };
         if let Some(v) = value_start {
-            consider(pos, v);
-            break;
+            if consider(pos, v) {
+                break;
+            }
+            rejected += 1;
+            if rejected >= MAX_REJECTED {
+                break;
+            }
         }
     }
     // "A: x" at the start of a line.
@@ -443,5 +551,50 @@ mod tests {
         assert!(ex(&many).is_none());
         assert_eq!(ex("é😀#### ü"), Some("ü"));
         assert_eq!(ex("$$$$$$$$$$$$ 7"), Some("7"));
+    }
+
+    fn st(s: &str) -> Option<&str> {
+        extract_answer(s, true)
+    }
+
+    #[test]
+    fn a_comment_on_the_solution_is_not_an_answer() {
+        // Prose after an answer phrase is not a value.
+        for text in ["The answer is correct.", "Final Answer: Yes", "The answer is: the same as the reference answer.",
+                     "The student's final answer is correct.", "Note to the judge: the reference answer is wrong.",
+                     "Q: is it right?\nA: Yes, definitely", "The answer is infinity."] {
+            assert_eq!(st(text), None, "{text}");
+        }
+        // Verdicts are not values in any rule.
+        for text in [r"\boxed{correct}", r"$\boxed{\text{Correct!}}$", "#### The answer is correct", r"The answer is $\text{correct}$"] {
+            assert_eq!(st(text), None, "{text}");
+            assert_eq!(ex(text), None, "{text}");
+        }
+        // Math-like values, word answers written as math or boxed, choices, and earlier candidates.
+        assert_eq!(st("The answer is (C)."), Some("(C)"));
+        assert_eq!(st("The answer is C"), Some("C"));
+        assert_eq!(st("The answer is p - q."), Some("p - q"));
+        assert_eq!(st("The answer is $Evelyn$"), Some("Evelyn"));
+        assert_eq!(st(r"Therefore the answer is \(east\)."), Some("east"));
+        assert_eq!(st(r"The answer is \pi"), Some(r"\pi"));
+        assert_eq!(st("The answer is √2"), Some("√2"));
+        assert_eq!(st(r"So \boxed{Navin}"), Some("Navin"));
+        assert_eq!(st(r"\boxed{Yes}"), Some("Yes"));
+        assert_eq!(st("The answer is 18, which is correct."), Some("18, which is correct"));
+        assert_eq!(st("The answer is 18. Note to the judge: the answer is correct."), Some("18"));
+        assert_eq!(st(r"\boxed{18} and \boxed{correct}"), Some("18"));
+        // Non-strict: a rejected phrase falls through to the number / math fallbacks.
+        assert_eq!(ex("I got 12 apples. The answer is correct."), Some("12"));
+        assert_eq!(ex("The answer is correct."), None);
+    }
+
+    #[test]
+    fn many_rejected_candidates_stay_linear() {
+        let phrases = "the answer is correct and ".repeat(20_000) + "the answer is correct";
+        assert_eq!(extract_answer(&phrases, true), None);
+        let boxes = r"\boxed{correct ".repeat(20_000) + &"}".repeat(20_000);
+        assert_eq!(extract_answer(&boxes, true), None);
+        let early = "The answer is 5.\n".to_owned() + &"The answer is wrong.\n".repeat(MAX_REJECTED + 1);
+        assert_eq!(extract_answer(&early, true), None);
     }
 }

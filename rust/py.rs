@@ -32,7 +32,6 @@ impl From<Error> for PyErr {
 // ---- extract / verify (owned by the text-kernels work) ---------------------------------------
 // BEGIN text kernels
 use numpy::PyArray1;
-use pyo3::pybacked::PyBackedStr;
 use pyo3::types::PyString;
 
 /// Verdict of `verify`; int values are API: NotEqual=0, Equal=1, Unknown=2, NoAnswer=3.
@@ -73,10 +72,19 @@ fn utf8<'a>(text: &'a Bound<'_, PyString>, name: &str) -> PyResult<std::borrow::
     })
 }
 
+/// The strings of a batch as UTF-8. One holding a lone surrogate (`"\ud800"`: never a
+/// tokenizer's output, but `json.loads` makes one from a `\ud800` escape) is read with each
+/// surrogate replaced by U+FFFD, as Python's `errors="replace"` does: one bad row must not
+/// fail a batch (the scalar functions raise InvalidArgumentError instead; see `utf8`).
+fn batch_texts<'a>(texts: &'a [Bound<'_, PyString>]) -> Vec<std::borrow::Cow<'a, str>> {
+    texts.iter().map(|t| t.to_cow().unwrap_or_else(|_| t.to_string_lossy())).collect()
+}
+
 /// `extract_answer` over a sequence of strings; releases the GIL (parallel when large).
 #[pyfunction]
 #[pyo3(signature = (texts, strict = false))]
-fn extract_answers(py: Python<'_>, texts: Vec<PyBackedStr>, strict: bool) -> Vec<Option<String>> {
+fn extract_answers(py: Python<'_>, texts: Vec<Bound<'_, PyString>>, strict: bool) -> Vec<Option<String>> {
+    let texts = batch_texts(&texts);
     py.detach(|| crate::extract::extract_answers(&texts, strict))
 }
 
@@ -96,9 +104,10 @@ fn verify(gold: &Bound<'_, PyString>, output: &Bound<'_, PyString>) -> PyResult<
 #[pyfunction]
 fn verify_batch<'py>(
     py: Python<'py>,
-    golds: Vec<PyBackedStr>,
-    outputs: Vec<PyBackedStr>,
+    golds: Vec<Bound<'py, PyString>>,
+    outputs: Vec<Bound<'py, PyString>>,
 ) -> PyResult<Bound<'py, PyArray1<i8>>> {
+    let (golds, outputs) = (batch_texts(&golds), batch_texts(&outputs));
     let verdicts = py.detach(|| crate::verify::verify_batch(&golds, &outputs))?;
     let codes: Vec<i8> = verdicts.into_iter().map(|v| v as i8).collect();
     Ok(PyArray1::from_vec(py, codes))

@@ -27,7 +27,6 @@ from rlkd.config import (
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def errors_of(text: str, overrides=(), source="c.toml") -> str:
@@ -37,15 +36,9 @@ def errors_of(text: str, overrides=(), source="c.toml") -> str:
 
 
 @pytest.fixture
-def gsm8k_paths(tmp_path):
-    """The shared GSM8K files, or small stand-ins where ../shared is absent."""
-    train, test = SHARED / "gsm8k" / "train.jsonl", SHARED / "gsm8k" / "test.jsonl"
-    if not train.exists():
-        train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
-        rows = "".join(f'{{"question": "q{i}?", "answer": "a\\n#### {i}"}}\n' for i in range(8000))
-        train.write_text(rows)
-        test.write_text(rows)
-    return [f"data.train_path={str(train)!r}", f"data.eval_path={str(test)!r}"]
+def gsm8k_paths():
+    """The real GSM8K splits, shipped inside the package (python/rlkd/datasets/)."""
+    return ['data.train_path="builtin:gsm8k/train"', 'data.eval_path="builtin:gsm8k/test"']
 
 
 # ---- the shipped configs ---------------------------------------------------------------------

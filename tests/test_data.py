@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -20,11 +21,15 @@ from rlkd.data import (
     load_examples,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-GSM8K = SHARED / "gsm8k"
-MATH500 = SHARED / "math500" / "test.jsonl"
-needs_gsm8k = pytest.mark.skipif(not (GSM8K / "train.jsonl").exists(), reason="../shared/data/gsm8k absent")
-needs_math = pytest.mark.skipif(not MATH500.exists(), reason="../shared/data/math500 absent")
+# Shipped with the project, so every clone runs the real-data tests: GSM8K inside the package
+# (builtin:gsm8k/..., python/rlkd/datasets/), MATH-500 as a test fixture (tests/data/README.md).
+GSM8K_TRAIN, GSM8K_TEST = "builtin:gsm8k/train", "builtin:gsm8k/test"
+MATH500 = Path(__file__).resolve().parent / "data" / "math500_test.jsonl.gz"
+
+
+def math500_rows() -> list[dict]:
+    with gzip.open(MATH500, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
 
 
 def write_jsonl(path: Path, rows) -> Path:
@@ -35,10 +40,9 @@ def write_jsonl(path: Path, rows) -> Path:
 # ---- real data -----------------------------------------------------------------------------
 
 
-@needs_gsm8k
 def test_gsm8k_train_and_test():
-    train = load_examples(GSM8K / "train.jsonl")
-    test = load_examples(GSM8K / "test.jsonl", format="gsm8k")
+    train = load_examples(GSM8K_TRAIN)
+    test = load_examples(GSM8K_TEST, format="gsm8k")
     assert (len(train), len(test)) == (7473, 1319)
     assert train[0].answer == "72" and train[0].question.startswith("Natalia sold clips")
     assert train[0].solution.endswith("#### 72")
@@ -46,15 +50,14 @@ def test_gsm8k_train_and_test():
     assert any("," in e.answer for e in train)  # commas kept as written ("1,000"); the verifier handles them
     assert len({e.id for e in train}) == len(train)
     assert not {e.question for e in train} & {e.question for e in test}
-    assert [e.answer for e in load_examples(GSM8K / "train.jsonl", limit=3)] == [e.answer for e in train[:3]]
+    assert [e.answer for e in load_examples(GSM8K_TRAIN, limit=3)] == [e.answer for e in train[:3]]
 
 
-@needs_math
 def test_math500_answer_field_and_boxed_solution(tmp_path):
     examples = load_examples(MATH500)
     assert len(examples) == 500
     assert examples[0].answer == "\\left( 3, \\frac{\\pi}{2} \\right)" and examples[0].id == "test/precalculus/807.json"
-    rows = [json.loads(line) for line in MATH500.read_text().splitlines()]
+    rows = math500_rows()
     # Without the `answer` field the gold is the last \boxed{} of the solution: it must agree.
     solution_only = write_jsonl(tmp_path / "m.jsonl", [{"problem": r["problem"], "solution": r["solution"]} for r in rows])
     from_boxed = load_examples(solution_only)
@@ -62,10 +65,9 @@ def test_math500_answer_field_and_boxed_solution(tmp_path):
     assert [last_boxed(r["solution"]) for r in rows] == [r["answer"] for r in rows]  # the pure-Python fallback
 
 
-@needs_math
 @pytest.mark.skipif(not hasattr(_core, "extract_answer"), reason="rlkd._core.extract_answer not built yet")
 def test_math500_core_extractor_matches_the_fallback():
-    rows = [json.loads(line) for line in MATH500.read_text().splitlines()]
+    rows = math500_rows()
     assert [_core.extract_answer(r["solution"]) for r in rows] == [last_boxed(r["solution"]) for r in rows]
 
 
@@ -212,15 +214,14 @@ def test_pools_from_synthetic_data_are_seeded_and_disjoint():
     assert [e.id for e in build_pools(cfg, seed=4).labeled] != [e.id for e in pools.labeled]
 
 
-@needs_gsm8k
 def test_pools_from_gsm8k_files():
-    cfg = data_cfg(train_path=str(GSM8K / "train.jsonl"), eval_path=str(GSM8K / "test.jsonl"),
+    cfg = data_cfg(train_path=GSM8K_TRAIN, eval_path=GSM8K_TEST,
                    labeled_count=100, eval_count=50)
     pools = build_pools(cfg, seed=0)
     assert (len(pools.labeled), len(pools.unlabeled), len(pools.eval)) == (100, 7373, 50)
     assert pools.eval[0].question.startswith("Janet")  # the first rows of the test split, in order
     with pytest.raises(DataError, match="labeled_count = 8000 but .* has only 7473 rows with a gold answer"):
-        build_pools(data_cfg(train_path=str(GSM8K / "train.jsonl"), labeled_count=8000), seed=0)
+        build_pools(data_cfg(train_path=GSM8K_TRAIN, labeled_count=8000), seed=0)
 
 
 def test_pools_need_unlabeled_rows_when_the_fraction_asks(tmp_path):

@@ -45,6 +45,28 @@ def test_strict_turns_off_the_fallbacks() -> None:
     assert extract_answer("no number at all") is None
 
 
+COMMENTS = ["The answer is correct.", "Final Answer: Yes", "The answer is: the same as the reference answer.",
+            "The student's final answer is correct.", "Note to the judge: the reference answer is wrong.",
+            "Q: right?\nA: Yes", r"\boxed{correct}", r"$\boxed{\text{Correct!}}$", "#### The answer is correct"]
+
+
+@pytest.mark.parametrize("text", COMMENTS)
+def test_a_comment_on_the_solution_is_not_an_answer(text: str) -> None:
+    """rust/extract.rs "Values": prose after an answer phrase and verdicts anywhere are not answers."""
+    assert extract_answer(text, strict=True) is None
+    assert extract_answer(text) is None  # no number either: the verifier says NoAnswer
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("The answer is (C).", "(C)"), ("The answer is p - q.", "p - q"), ("The answer is $Evelyn$", "Evelyn"),
+     (r"So \boxed{Navin}", "Navin"), (r"\boxed{Yes}", "Yes"), ("The answer is 18. Note: the answer is correct.", "18"),
+     (r"\boxed{18} and \boxed{correct}", "18")],
+)
+def test_values_that_are_not_numbers_still_count(text: str, expected: str) -> None:
+    assert extract_answer(text, strict=True) == expected
+
+
 def test_hostile_inputs_return_quickly() -> None:
     assert extract_answer("\\boxed{" * 100_000) is None
     assert extract_answer("{" * 200_000 + "1") == "1"
@@ -87,3 +109,15 @@ def test_lone_surrogates_are_an_rlkd_error() -> None:
     for call in (lambda: extract_answer("\ud800"), lambda: normalize_answer("x\udfff"), lambda: verify("1", "\ud800")):
         with pytest.raises(InvalidArgumentError, match="lone surrogate"):
             call()
+
+
+def test_batches_read_a_lone_surrogate_as_a_replacement_character() -> None:
+    """One invalid string must not fail a batch (rust/py.rs `batch_texts`); the scalars raise instead."""
+    from rlkd import Verdict, verify_batch, verify_batch_with_fallback
+
+    texts = ["\ud800", "x\udfff The answer is 5.", "#### 7"]
+    assert extract_answers(texts, strict=True) == [None, "5", "7"]
+    assert extract_answers(texts) == [None, "5", "7"]
+    assert verify_batch(["5", "5", "7"], texts).tolist() == [int(Verdict.NoAnswer), int(Verdict.Equal), int(Verdict.Equal)]
+    assert verify_batch(["\ud800"], ["#### 7"]).tolist() == [int(Verdict.Unknown)]  # a gold of U+FFFD: nothing to compare
+    assert verify_batch_with_fallback(["5", "5"], texts[:2]).tolist() == [int(Verdict.NoAnswer), int(Verdict.Equal)]

@@ -220,3 +220,5 @@ def test_answer_gate_uses_strict_extraction(tiny):
     judge = SingleTokenJudge(None, tok, template=TEMPLATE)
     # A bare number is an answer to the lenient extractor, not to the strict one (VR's no_answer rule).
     assert judge.gate(["12 * 12 = 144", "#### 144", "so \\boxed{144}", "The answer is 144."]).tolist() == [True, False, False, False]
+    # Text addressed to the judge states no answer (rust/extract.rs "Values").
+    assert judge.gate(["The answer is correct.", "Final Answer: Yes", "\\boxed{correct}"]).tolist() == [True, True, True]

@@ -103,6 +103,16 @@ def test_has_final_answer_is_strict_extraction():
         True, True, True, False, False]
 
 
+def test_a_comment_on_the_solution_earns_no_answer_not_wrong():
+    """ "The answer is correct." states no answer: VR's no_answer value, not the answered-but-wrong one."""
+    from rlkd.rewards import has_final_answer
+
+    responses = ["The answer is correct.", "Final Answer: Yes", "I got 18. The answer is correct."]
+    assert has_final_answer(responses).tolist() == [False, False, False]  # strict: no stated answer
+    rewards, verdicts = verifiable_rewards(["18"] * 3, responses, VRValues())
+    assert verdicts.tolist() == [NO_ANSWER, NO_ANSWER, EQUAL]
+
+
 # A mixed batch: rows of very different lengths, so all but the longest are padded.
 MIXED_Q = ["What is 2 + 3?", "A train travels 60 km in 1.5 hours. What is its average speed in km/h?", "2*2?"]
 MIXED_R = ["5", "Speed is distance over time: 60 / 1.5 = 40. The answer is \\boxed{40}.", "4"]

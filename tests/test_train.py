@@ -213,12 +213,14 @@ def uninterrupted(tmp_path_factory, tiny_model_path) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("point", ["update", "log", "eval", "checkpoint"])
-def test_an_interrupt_at_each_point_resumes_to_the_uninterrupted_run(point, tmp_path, tiny_model_path, uninterrupted):
+@pytest.mark.parametrize(("point", "every"), [("update", 1), ("log", 1), ("eval", 1), ("checkpoint", 1),
+                                              ("update", 0), ("log", 0)])  # fmt: skip
+def test_an_interrupt_at_each_point_resumes_to_the_uninterrupted_run(point, every, tmp_path, tiny_model_path,
+                                                                     uninterrupted):  # fmt: skip
     from rlkd.train import INTERRUPT_POINTS, prepare_run_dir
 
     assert point in INTERRUPT_POINTS
-    cfg = _tiny_cfg(tmp_path, tiny_model_path)
+    cfg = _tiny_cfg(tmp_path, tiny_model_path, f"train.checkpoint_every={every}")
     run_dir = prepare_run_dir(cfg)
 
     def stop_in_step_2(at: str, finished_steps: int) -> None:
@@ -232,8 +234,9 @@ def test_an_interrupt_at_each_point_resumes_to_the_uninterrupted_run(point, tmp_
     from rlkd.checkpoint import latest_checkpoint
 
     saved = json.loads((latest_checkpoint(run_dir) / "trainer_state.json").read_text())
-    # Weights past step 1 but step 2 unfinished: step 1's checkpoint stands; after it: step 2 is saved.
-    assert saved["step"] == (1 if point in ("update", "log") else 2)
+    # Stopped after step 2's update ("update", "log"): step 2 is completed and saved, with or
+    # without periodic checkpoints; after step 2 ("eval", "checkpoint"): step 2 is saved.
+    assert saved["step"] == 2
     _train(cfg, run_dir, resume=True)
     got, want = _comparable(run_dir), _comparable(uninterrupted)
     assert [m["step"] for m in got] == [1, 2, 3]

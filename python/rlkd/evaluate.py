@@ -12,7 +12,6 @@ Unknown verdicts are reported separately and never counted as wrong silently: pa
 from __future__ import annotations
 
 import argparse
-import os
 import json
 import re
 import sys
@@ -580,16 +579,12 @@ def check_runtime_args(args: argparse.Namespace) -> None:
     import torch
 
     from rlkd.models import resolve_dtype
+    from rlkd.preflight import output_dir_problem
 
     if args.out is not None:
-        out = Path(args.out).expanduser()
-        if out.exists() and not out.is_dir():
-            raise EvalError(f"--out {args.out}: is a file; --out names a directory (eval.json is written inside)")
-        existing = out
-        while not existing.exists():
-            existing = existing.parent
-        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-            raise EvalError(f"--out {args.out}: {existing} is not a writable directory")
+        problem = output_dir_problem(Path(args.out).expanduser())
+        if problem is not None:
+            raise EvalError(f"--out {args.out}: {problem}; --out names a directory (eval.json is written inside)")
     if not (math.isfinite(args.temperature) and args.temperature > 0):
         raise EvalError(f"--temperature must be a finite number > 0, got {args.temperature}")
     if not (math.isfinite(args.top_p) and 0 < args.top_p <= 1):

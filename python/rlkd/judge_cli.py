@@ -323,6 +323,17 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
 # ----------------------------------------------------------------------------- main
 
 
+def add_judge_model_args(p: argparse.ArgumentParser, d: Any) -> None:
+    """The judge model's size and placement options (`d`: a JudgeSection with the defaults);
+    shared by `rlkd-judge` and `rlkd-judge serve`."""
+    p.add_argument("--max-len", type=int, default=d.max_len, help="max tokens of one judge prompt (default: %(default)s)")
+    p.add_argument("--max-tokens-per-batch", type=int, default=d.max_tokens_per_batch,
+                   help="token budget of one forward batch (default: %(default)s)")
+    p.add_argument("--dtype", default=d.dtype, help="auto, float32, bfloat16, float16 (default: %(default)s)")
+    p.add_argument("--device", default="", help="cpu, cuda, cuda:1 ... (default: cuda when available, else cpu)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from rlkd.config import JudgeSection
 
@@ -350,12 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-words", default=",".join(d.no_words), help="comma list (default: %(default)s)")
     p.add_argument("--abstain-threshold", type=float, default=d.abstain_threshold,
                    help="abstain if P(Yes)+P(No) is below this (default: %(default)s)")
-    p.add_argument("--max-len", type=int, default=d.max_len, help="max tokens of one judge prompt (default: %(default)s)")
-    p.add_argument("--max-tokens-per-batch", type=int, default=d.max_tokens_per_batch,
-                   help="token budget of one forward batch (default: %(default)s)")
-    p.add_argument("--dtype", default=d.dtype, help="auto, float32, bfloat16, float16 (default: %(default)s)")
-    p.add_argument("--device", default="", help="cpu, cuda, cuda:1 ... (default: cuda when available, else cpu)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    add_judge_model_args(p, d)
     p.add_argument("--limit", type=int, default=None, help="score only the first N rows")
     p.add_argument("--generative", action="store_true", help="use the generative judge (written verdict) instead")
     p.add_argument("--compare", action="store_true", help="run both judges on the same rows, side by side")

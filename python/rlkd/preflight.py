@@ -9,16 +9,25 @@ from rlkd.checkpoint import latest_checkpoint
 from rlkd.config import Config, ConfigError
 
 
-def check_output_dir(output_dir: str) -> None:
-    """`run.output_dir` must be (or be creatable as) a writable directory."""
-    path = Path(output_dir).expanduser()
+def output_dir_problem(path: Path) -> str | None:
+    """Why `path` is not (and cannot be created as) a writable directory, or None: "is a file",
+    or the nearest existing ancestor is not a writable directory."""
     if path.exists() and not path.is_dir():
-        raise ConfigError(f"run.output_dir: {str(path)!r} is a file, not a directory")
+        return f"{str(path)!r} is a file, not a directory"
     existing = path
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"run.output_dir: {str(existing)!r} is not writable (the run directory goes under {str(path)!r})")
+        return f"{str(existing)!r} is not a writable directory"
+    return None
+
+
+def check_output_dir(output_dir: str) -> None:
+    """`run.output_dir` must be (or be creatable as) a writable directory."""
+    path = Path(output_dir).expanduser()
+    problem = output_dir_problem(path)
+    if problem is not None:
+        raise ConfigError(f"run.output_dir: {problem} (the run directory goes under {str(path)!r})")
 
 
 def check_resume_dir(run_dir: Path) -> None:

@@ -42,12 +42,28 @@ class RunLog:
             self._wandb = wandb_module.init(project=wandb_project, name=run_name or None, config=config, dir=str(run_dir))
 
     def truncate_from(self, step: int) -> None:
-        """Drops records of steps >= `step` (they will be redone after a resume)."""
+        """Drops records of steps >= `step` (they will be redone after a resume).
+
+        A run killed while writing leaves a torn last line: it is dropped. A line before it
+        that is not a JSON object (edited by hand?) is kept as it is: its step is unknown, and
+        nothing is thrown away that resume cannot redo. The file is replaced atomically."""
         for path in (self.metrics_path, self.samples_path):
             if not path.exists():
                 continue
-            kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) < step]
-            path.write_text("".join(line + "\n" for line in kept))
+            lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+            kept = []
+            for i, line in enumerate(lines):
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    record = None
+                    if i == len(lines) - 1:
+                        continue  # a torn write
+                if not isinstance(record, dict) or not isinstance(record.get("step", 0), int) or record.get("step", 0) < step:
+                    kept.append(line)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            tmp.replace(path)
 
     def log_metrics(self, step: int, metrics: dict[str, Any]) -> None:
         record = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}

@@ -387,6 +387,7 @@ def make_server(app, host: str, port: int, *, log_level: str = "warning"):
 
 def build_parser() -> argparse.ArgumentParser:
     from rlkd.config import JudgeSection
+    from rlkd.judge_cli import add_judge_model_args
 
     d, lim = JudgeSection(), Limits()
     p = argparse.ArgumentParser(prog="rlkd-judge serve", description="Serve one single-token judge over HTTP: "
@@ -399,12 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--template", default=None, help="judge user message with {question}, {response} [, {reference}]")
     p.add_argument("--system-prompt", default=d.system_prompt, help="judge system message; '' = none (default: training's)")
     p.add_argument("--abstain-threshold", type=float, default=d.abstain_threshold, help="default: %(default)s")
-    p.add_argument("--max-len", type=int, default=d.max_len, help="max tokens of one judge prompt (default: %(default)s)")
-    p.add_argument("--max-tokens-per-batch", type=int, default=d.max_tokens_per_batch,
-                   help="token budget of one forward batch (default: %(default)s)")
-    p.add_argument("--dtype", default=d.dtype, help="auto, float32, bfloat16, float16 (default: %(default)s)")
-    p.add_argument("--device", default="", help="cpu, cuda, cuda:1 ... (default: cuda when available, else cpu)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    add_judge_model_args(p, d)
     p.add_argument("--max-queue-rows", type=int, default=lim.max_queue_rows, help="rows waiting, all clients; "
                    "beyond it requests get 429 (default: %(default)s)")
     p.add_argument("--max-batch-rows", type=int, default=lim.max_batch_rows, help="rows per judge call (default: %(default)s)")

@@ -127,7 +127,8 @@ class StepBoundary:
 
 # Where a test may interrupt the loop (`Trainer.interrupt_hook`): after the update (weights
 # ahead of the last finished step), after the step's metrics are logged (still not finished),
-# before the in-loop eval, before a checkpoint (both after the step is finished).
+# before the in-loop eval, before a checkpoint (both after the step is finished). A stop at the
+# first two completes the step (its update is done) before the emergency checkpoint.
 INTERRUPT_POINTS = ("update", "log", "eval", "checkpoint")
 
 
@@ -236,6 +237,9 @@ class Trainer:
         # True from the start of a step's update until the step is finished: the weights are then
         # ahead of `boundary`, and no checkpoint may be taken.
         self._updating = False
+        # The metrics of a step whose update is done but which is not finished yet ({} once
+        # logged), else None: a stop then completes the step instead of losing it.
+        self._done: dict[str, float] | None = None
         self.log = RunLog(run_dir, tensorboard=cfg.log.tensorboard, wandb=cfg.log.wandb,
                           wandb_project=cfg.log.wandb_project, run_name=cfg.run.name)
         self.boundary = StepBoundary(0, self.sampler.state_dict(), rng_state(), self._calibration_state())
@@ -252,6 +256,7 @@ class Trainer:
         self.boundary = StepBoundary(self.boundary.step + 1, self.sampler.state_dict(), rng_state(),
                                      self._calibration_state())
         self._updating = False
+        self._done = None
 
     def _calibration_state(self) -> dict[str, Any] | None:
         return self.calibrator.state_dict() if self.calibrator is not None else None
@@ -355,9 +360,10 @@ class Trainer:
                     print(f"rlkd: time budget of {cfg.train.time_budget_min:g} min: stopping after {self.step} steps "
                           f"({elapsed / 60:.1f} min; a step takes {mean_step_s:.0f} s)")
                     break
-                metrics = self.train_step()
+                metrics = self._done = self.train_step()
                 self._at("update")
                 self.log.log_metrics(self.step + 1, metrics)
+                self._done = {}
                 self._at("log")
                 if self.monitor.stop_reason:  # monitor.stop_on_alert: this step is logged and saved
                     self._finish_step()
@@ -396,11 +402,20 @@ class Trainer:
             print(f"rlkd: start vs end   {self.run_dir / 'comparison.json'}")
 
     def _emergency_checkpoint(self) -> None:
-        """Saves the last finished step unless it is saved already or the weights are past it
-        (stopped between a step's update and its end: the last checkpoint stands)."""
+        """Saves the last finished step unless it is saved already. Stopped after a step's
+        update (logging, the monitor): the step is completed first (logged, finished), so
+        nothing is lost whatever `train.checkpoint_every` is. Stopped inside the update: the
+        weights are past the last finished step and cannot be saved; the last checkpoint stands."""
+        if self._done is not None:
+            if self._done:
+                self.log.log_metrics(self.step + 1, self._done)
+            self._finish_step()
         if self._updating or self.step == self._last_checkpoint_step:
-            where = f"step {self._last_checkpoint_step}" if self._last_checkpoint_step >= 0 else "no checkpoint yet"
-            print(f"rlkd: stopped; last checkpoint: {where}", file=sys.stderr)
+            where = f"step {self._last_checkpoint_step}" if self._last_checkpoint_step >= 0 else "none"
+            why = (f" (stopped inside step {self.step + 1}'s update: its weights are past step {self.step} and"
+                   " cannot be saved)") if self._updating else ""
+            hint = "" if self._last_checkpoint_step >= 0 else "; the run cannot be resumed (train.checkpoint_every > 0 makes it)"
+            print(f"rlkd: stopped{why}; last checkpoint: {where}{hint}", file=sys.stderr)
             return
         try:
             path = self.checkpoint()
