@@ -66,3 +66,16 @@ def _check_resume_config(run_dir: Path, cfg) -> None:
             differences.append(f"  [{section}] {b!r} in the run, {a!r} now")
     if len(mine) != len(theirs) or differences:
         raise ConfigError(f"--resume {run_dir}: the config differs from the run's config.toml:\n" + "\n".join(differences))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m rlkd.cli train CONFIG ...`: the form `torchrun -m` launches (docs/distributed.md)."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] != "train":
+        print("usage: python -m rlkd.cli train CONFIG [--set k=v] [--resume RUN_DIR]  (= rlkd-train)", file=sys.stderr)
+        return 2
+    return train_main(args[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
