@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -36,15 +37,18 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume is not None:
         _check_resume_config(args.resume, cfg)
     check_run_start(cfg, args.resume)
-    print("# resolved config\n" + config_to_toml(cfg))
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks for the job
+    if main_rank:
+        print("# resolved config\n" + config_to_toml(cfg))
 
     from rlkd.train import train
 
     run_dir = train(cfg, resume_dir=args.resume)
-    print(f"rlkd: run directory  {run_dir}")
-    print(f"rlkd: metrics        {run_dir / 'metrics.jsonl'}")
-    print(f"rlkd: samples        {run_dir / 'samples.jsonl'}")
-    print(f"rlkd: checkpoints    {run_dir / 'checkpoints'}")
+    if main_rank:
+        print(f"rlkd: run directory  {run_dir}")
+        print(f"rlkd: metrics        {run_dir / 'metrics.jsonl'}")
+        print(f"rlkd: samples        {run_dir / 'samples.jsonl'}")
+        print(f"rlkd: checkpoints    {run_dir / 'checkpoints'}")
     return 0
 
 

@@ -200,6 +200,20 @@ class DistContext:
             dist.barrier()
             yield
 
+    @contextmanager
+    def sheltered(self):
+        """SIGTERM is ignored inside (the emergency checkpoint: torchrun's SIGTERM to the other
+        ranks after one failed must not abort the save; torchrun's SIGKILL 30 s later still ends
+        the process)."""
+        if not self.enabled:
+            yield
+            return
+        previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
     def decide(self, flag: bool) -> bool:
         """Rank 0's decision (e.g. the time budget's stop) for every rank: ranks that decided
         apart would wait for each other forever."""

@@ -407,7 +407,8 @@ class Trainer:
             print(f"rlkd: stopped; last checkpoint: {where}", file=sys.stderr)
             return
         try:
-            path = self.checkpoint()
+            with self.dist.sheltered():
+                path = self.checkpoint()
         except Exception as err:  # e.g. a full disk: report it, and let the original error propagate
             print(f"rlkd: stopped; the emergency checkpoint failed too ({err})", file=sys.stderr)
             return
@@ -801,7 +802,8 @@ def train(cfg: Config, *, resume_dir: Path | None = None) -> Path:
         with dist.main_first():  # rank 0 trains and caches it, the others load the cached result
             sft = warm_up(cfg)
         start_model, start_key = str(sft.path), f"sft:{sft.key}"
-        print(f"rlkd: RL starts from the SFT checkpoint {sft.path}")
+        if dist.is_main:
+            print(f"rlkd: RL starts from the SFT checkpoint {sft.path}")
     new_dir = resume_dir is None and dist.is_main
     run_dir = resume_dir if resume_dir is not None else dist.broadcast(prepare_run_dir(cfg) if dist.is_main else None)
     try:
