@@ -31,7 +31,7 @@ import signal
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, is_dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -39,7 +39,7 @@ import torch.distributed as dist
 
 from rlkd.data import share_of
 
-__all__ = ["DistContext", "Terminated", "init", "rollout_seed", "share_of"]
+__all__ = ["DistContext", "NullLog", "Terminated", "init", "rollout_seed"]
 
 T = TypeVar("T")
 # Rank 0 may run the SFT warm-up or the teacher's references alone while the others wait at a
@@ -238,7 +238,8 @@ def _join(parts: list[Any]) -> Any:
             values = [getattr(p, f.name) for p in parts]
             same = f.name == "n"  # Rollouts.n: samples per prompt, the same everywhere
             joined[f.name] = values[0] if same else _join(values)
-        return type(first)(**joined)
+        cls: Any = type(first)
+        return cls(**joined)
     raise TypeError(f"cannot join {type(first).__name__} across ranks")
 
 
@@ -258,7 +259,7 @@ def init(device: str) -> DistContext:
             raise RuntimeError(f"rank {rank}: LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA devices")
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group(backend, timeout=TIMEOUT, **({"device_id": torch.device("cuda", local_rank)} if cuda else {}))
+        dist.init_process_group(backend, timeout=TIMEOUT, device_id=torch.device("cuda", local_rank) if cuda else None)
     signal.signal(signal.SIGTERM, _raise_terminated)
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, backend=backend)
 
@@ -266,11 +267,6 @@ def init(device: str) -> DistContext:
 def _raise_terminated(signum, frame) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process
     raise Terminated("stopped by the launcher (SIGTERM): another rank failed or the job was cancelled")
-
-
-def null_if_not_main(ctx: DistContext, make: Callable[[], T]) -> T | "NullLog":
-    """`make()` on rank 0; a `NullLog` (writes nothing) on the other ranks."""
-    return make() if ctx.is_main else NullLog()
 
 
 class NullLog:

@@ -349,8 +349,8 @@ class Trainer:
                 elapsed = time.perf_counter() - started
                 mean_step_s = elapsed / (self.step - first_step) if self.step > first_step else 0.0
                 if self.dist.decide(budget_s and elapsed + mean_step_s > budget_s):  # the next step would end past it
-                    self._print(f"rlkd: time budget of {cfg.train.time_budget_min:g} min: stopping after {self.step} steps "
-                          f"({elapsed / 60:.1f} min; a step takes {mean_step_s:.0f} s)")
+                    self._print(f"rlkd: time budget of {cfg.train.time_budget_min:g} min: stopping after {self.step} "
+                                f"steps ({elapsed / 60:.1f} min; a step takes {mean_step_s:.0f} s)")
                     break
                 metrics = self.train_step()
                 self._at("update")
