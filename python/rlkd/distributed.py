@@ -47,9 +47,10 @@ T = TypeVar("T")
 TIMEOUT = datetime.timedelta(hours=2)
 
 
-class Terminated(RuntimeError):
-    """SIGTERM from the launcher (torchrun stops every rank when one fails): raised in the main
-    thread so that the run's emergency checkpoint runs instead of an abrupt exit."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM from the launcher (torchrun stops every rank when one fails; a scheduler cancels
+    the job): raised in the main thread like Ctrl-C, so that the run stops through its emergency
+    checkpoint instead of dying mid-write, and rlkd-train exits 130 ("interrupted")."""
 
 
 def rollout_seed(seed: int, step: int, index: int) -> int:
