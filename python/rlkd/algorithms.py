@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -730,6 +730,7 @@ def update_policy(
     value_coef: float = 0.1,
     value_clip: float = 0.2,
     on_policy: bool = False,
+    count_reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, float]:
     """One training step: ``epochs`` passes over ``micro_batches``, an optimizer step after every
     ``micro_batches_per_step`` micro-batches (default: all of them = one step per epoch) with
@@ -744,6 +745,11 @@ def update_policy(
     current ones, detached (ratio 1, the plain policy gradient): exact when the policy has not
     moved since sampling (one epoch, one optimizer step), and it saves a forward pass. ``scheduler`` (if given) is stepped once at the
     end: it counts training steps, not optimizer steps.
+
+    Data-parallel (``model`` a DDP module, rlkd.distributed): ``count_reduce`` maps this rank's
+    loss divisors ``[policy count, value-loss tokens]`` of an optimizer step to the ones to use
+    (the counts over all ranks / N); DDP averages the gradients at every backward. Every rank
+    must pass as many micro-batches.
 
     Returns means over micro-batches (token-weighted for per-token stats): loss, pg_loss,
     entropy, clip_frac, approx_kl, ratio_mean, ratio_max (max), kl and value_loss (when
@@ -779,6 +785,8 @@ def update_policy(
             group = [mb.to(device) for mb in micro_batches[start : start + per_step]]
             denom = sum(_count(mb.response_mask, aggregation) for mb in group)
             v_denom = sum(mb.num_response_tokens for mb in group)
+            if count_reduce is not None:
+                denom, v_denom = count_reduce(torch.tensor([denom, v_denom], dtype=torch.float64)).tolist()
             optimizer.zero_grad(set_to_none=True)
             step_loss = 0.0
             for mb in group:

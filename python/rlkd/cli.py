@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -36,15 +37,18 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume is not None:
         _check_resume_config(args.resume, cfg)
     check_run_start(cfg, args.resume)
-    print("# resolved config\n" + config_to_toml(cfg))
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks for the job
+    if main_rank:
+        print("# resolved config\n" + config_to_toml(cfg))
 
     from rlkd.train import train
 
     run_dir = train(cfg, resume_dir=args.resume)
-    print(f"rlkd: run directory  {run_dir}")
-    print(f"rlkd: metrics        {run_dir / 'metrics.jsonl'}")
-    print(f"rlkd: samples        {run_dir / 'samples.jsonl'}")
-    print(f"rlkd: checkpoints    {run_dir / 'checkpoints'}")
+    if main_rank:
+        print(f"rlkd: run directory  {run_dir}")
+        print(f"rlkd: metrics        {run_dir / 'metrics.jsonl'}")
+        print(f"rlkd: samples        {run_dir / 'samples.jsonl'}")
+        print(f"rlkd: checkpoints    {run_dir / 'checkpoints'}")
     return 0
 
 
@@ -66,3 +70,16 @@ def _check_resume_config(run_dir: Path, cfg) -> None:
             differences.append(f"  [{section}] {b!r} in the run, {a!r} now")
     if len(mine) != len(theirs) or differences:
         raise ConfigError(f"--resume {run_dir}: the config differs from the run's config.toml:\n" + "\n".join(differences))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m rlkd.cli train CONFIG ...`: the form `torchrun -m` launches (docs/distributed.md)."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] != "train":
+        print("usage: python -m rlkd.cli train CONFIG [--set k=v] [--resume RUN_DIR]  (= rlkd-train)", file=sys.stderr)
+        return 2
+    return train_main(args[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -271,6 +271,9 @@ class RolloutSection:
     top_p: float = _opt(1.0, "nucleus sampling mass", gt=0, le=1)
     max_new_tokens: int = _opt(256, "max tokens per sampled response", ge=1)
     batch_size: int = _opt(16, "hf backend: sequences per generate call", ge=1)
+    seed_per_prompt: bool = _opt(False, "sample each prompt's group from its own seed (run.seed, step, prompt): the "
+                                 "same samples on any number of torchrun ranks, and a resume on any N continues the "
+                                 "run exactly; one generate call per prompt (docs/distributed.md)")
     vllm_gpu_memory_utilization: float = _opt(0.4, "vllm: fraction of GPU memory vLLM may take", gt=0, le=1)
     vllm_enable_sleep_mode: bool = _opt(True, "vllm: release vLLM's memory while the policy trains")
     vllm_max_model_len: int | None = _opt(None, "vllm: max prompt+response tokens; unset = the model's",

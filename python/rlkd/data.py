@@ -34,7 +34,7 @@ from rlkd import _core
 from rlkd._core import RlkdError
 
 __all__ = ["Example", "DataError", "Pools", "PromptSampler", "load_examples", "build_pools", "labeled_per_batch",
-           "gsm8k_gold", "last_boxed"]
+           "gsm8k_gold", "last_boxed", "share_of"]
 
 FORMATS = ("auto", "gsm8k", "math")
 _ID_FIELDS = ("id", "unique_id", "idx")
@@ -470,6 +470,11 @@ class _Stream:
         return out
 
 
+def share_of(n: int, rank: int, world_size: int) -> slice:
+    """Rank `rank`'s contiguous share of `n` items (shares differ in size by at most one)."""
+    return slice(rank * n // world_size, (rank + 1) * n // world_size)
+
+
 class PromptSampler:
     """Deterministic, resumable batches of prompts: `n_labeled` labeled then the unlabeled rest.
 
@@ -477,13 +482,24 @@ class PromptSampler:
     every epoch is a new permutation derived from (seed, pool, epoch), so the state is just
     (epoch, cursor) per pool. A batch that crosses an epoch boundary may repeat a prompt from
     the end of the previous epoch.
+
+    Data-parallel (rlkd.distributed): every rank draws the same global batch and handles
+    `batch[sampler.share]`, its contiguous share of whole prompts (`rank`, `world_size`), so a
+    prompt's group never straddles ranks. The state does not depend on the rank or on the number
+    of ranks: any rank's state resumes a run on any N.
     """
 
     _VERSION = 1
 
-    def __init__(self, pools: Pools, *, prompts_per_step: int, labeled_fraction: float, seed: int) -> None:
+    def __init__(self, pools: Pools, *, prompts_per_step: int, labeled_fraction: float, seed: int,
+                 rank: int = 0, world_size: int = 1) -> None:
         if prompts_per_step < 1:
             raise DataError(f"prompts_per_step must be ≥ 1, got {prompts_per_step}")
+        if not 0 <= rank < world_size:
+            raise DataError(f"rank {rank} is not in [0, world_size={world_size})")
+        if prompts_per_step < world_size:
+            raise DataError(f"prompts_per_step {prompts_per_step} is less than the number of ranks ({world_size}): "
+                            "every rank needs at least one prompt per step")
         if not 0 <= labeled_fraction <= 1:
             raise DataError(f"labeled_fraction must be in [0, 1], got {labeled_fraction}")
         self.pools = pools
@@ -501,6 +517,7 @@ class PromptSampler:
         self._labeled = _Stream(len(pools.labeled), seed, 1)
         self._unlabeled = _Stream(len(pools.unlabeled), seed, 2)
         self.batches = 0
+        self.share = share_of(prompts_per_step, rank, world_size)
 
     @property
     def epochs(self) -> dict[str, float]:

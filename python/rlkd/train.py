@@ -56,9 +56,11 @@ from rlkd.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from rlkd.config import Config, config_to_toml, render_template
-from rlkd.data import PromptSampler, build_pools
-from rlkd.evaluate import cached_greedy_pass_at_1, eval_cache_key, greedy_pass_at_1
+from rlkd.config import Config, ConfigError, config_to_toml, render_template
+from rlkd.data import PromptSampler, build_pools, share_of
+from rlkd.distributed import DistContext, NullLog
+from rlkd.distributed import init as init_distributed
+from rlkd.evaluate import EvalResult, cached_greedy_pass_at_1, eval_cache_key, greedy_pass_at_1
 from rlkd.judge import JudgeScores, SingleTokenJudge, TeacherReferences
 from rlkd.monitor import HackingAlert, HackingMonitor, MonitorLimits
 from rlkd.metrics import auroc
@@ -136,10 +138,13 @@ class Trainer:
     """Holds the models and state of one run; `run()` is the loop.
 
     `interrupt_hook(point, step)`, when set, is called at each of `INTERRUPT_POINTS` (tests raise
-    from it to check that every stop leaves a checkpoint that resumes to the same run)."""
+    from it to check that every stop leaves a checkpoint that resumes to the same run).
+
+    `dist`: this process's place in a torchrun job (rlkd.distributed; default: a single process)."""
 
     def __init__(self, cfg: Config, run_dir: Path, *, resume: bool = False, start_model: str | None = None,
-                 start_model_key: str | None = None, interrupt_hook: Callable[[str, int], None] | None = None) -> None:
+                 start_model_key: str | None = None, interrupt_hook: Callable[[str, int], None] | None = None,
+                 dist: DistContext | None = None) -> None:
         """`start_model`: the policy's initial weights (the SFT checkpoint; default model.name_or_path);
         `start_model_key` names them for the eval cache (None: the start eval is not cached)."""
         self.cfg = cfg
@@ -147,6 +152,10 @@ class Trainer:
         self.start_model = start_model or cfg.model.name_or_path
         self.start_model_key = start_model_key
         self.interrupt_hook = interrupt_hook
+        self.dist = dist or DistContext()
+        if self.dist.enabled and cfg.algorithm.name == "ppo":
+            raise ConfigError("algorithm.name = ppo: not supported under torchrun yet (its value head is not "
+                              "data-parallel); use grpo, dr_grpo or rloo, or one process")
         set_torch_threads(cfg.run.torch_threads)
         transformers.utils.logging.disable_progress_bar()  # ours shows the run; theirs would interleave
         seed_everything(cfg.run.seed)
@@ -158,6 +167,8 @@ class Trainer:
             prompts_per_step=cfg.rollout.prompts_per_step,
             labeled_fraction=cfg.data.labeled_fraction,
             seed=cfg.run.seed,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
         )
         w = cfg.rewards
         self.weights = RewardWeights(vr=w.vr_weight, judge=w.judge_weight, rerank=w.rerank_weight)
@@ -188,6 +199,7 @@ class Trainer:
             params += list(self.value_head.parameters())
         o = cfg.optim
         self.optimizer = build_optimizer(params, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas), eps=o.eps)
+        self.train_model = self.dist.wrap(self.policy)  # what the update runs through (DDP under torchrun)
         self.scheduler = build_scheduler(self.optimizer, schedule=o.schedule, warmup_steps=o.warmup_steps, total_steps=cfg.train.steps)
 
         self.judge = None
@@ -215,9 +227,10 @@ class Trainer:
                 teacher = HFRollout(judge_model, judge_tok, max_new_tokens=j.teacher_max_new_tokens, temperature=1.0, top_p=1.0,
                                     batch_size=cfg.rollout.batch_size)
                 cache = Path(j.reference_cache) if j.reference_cache else teacher_cache_path(cfg)
-                self.references = TeacherReferences(teacher, judge_tok, cache, system_prompt=m.system_prompt or None,
-                                                    user_template=m.user_template,
-                                                    template_kwargs=dict(j.teacher_template_kwargs))
+                self._new_references = lambda: TeacherReferences(  # noqa: E731 (re-read after rank 0 filled the cache)
+                    teacher, judge_tok, cache, system_prompt=m.system_prompt or None, user_template=m.user_template,
+                    template_kwargs=dict(j.teacher_template_kwargs))
+                self.references = self._new_references()
         self.reranker = None
         if self.weights.rerank > 0:
             r = cfg.reranker
@@ -241,7 +254,7 @@ class Trainer:
         # logged), else None: a stop then completes the step instead of losing it.
         self._done: dict[str, float] | None = None
         self.log = RunLog(run_dir, tensorboard=cfg.log.tensorboard, wandb=cfg.log.wandb,
-                          wandb_project=cfg.log.wandb_project, run_name=cfg.run.name)
+                          wandb_project=cfg.log.wandb_project, run_name=cfg.run.name) if self.dist.is_main else NullLog()
         self.boundary = StepBoundary(0, self.sampler.state_dict(), rng_state(), self._calibration_state())
         if resume:
             self._resume()
@@ -260,6 +273,10 @@ class Trainer:
 
     def _calibration_state(self) -> dict[str, Any] | None:
         return self.calibrator.state_dict() if self.calibrator is not None else None
+
+    def _print(self, line: str) -> None:
+        if self.dist.is_main:
+            print(line)
 
     def _at(self, point: str) -> None:
         if self.interrupt_hook is not None:
@@ -336,7 +353,7 @@ class Trainer:
         self.boundary = StepBoundary(int(state["step"]), self.sampler.state_dict(), rng_state(), self._calibration_state())
         self._last_checkpoint_step = self.step
         self.log.truncate_from(self.step + 1)
-        print(f"rlkd: resumed {self.run_dir} at step {self.step} from {ckpt.name}")
+        self._print(f"rlkd: resumed {self.run_dir} at step {self.step} from {ckpt.name}")
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -345,20 +362,24 @@ class Trainer:
         from tqdm.auto import tqdm
 
         if self.references is not None:
-            self._prefetch_references()
+            with self.dist.main_first():  # rank 0 fills the teacher's cache, the other ranks read it
+                if not self.dist.is_main:
+                    self.references = self._new_references()
+                self._prefetch_references()
         if self.step == 0 and cfg.train.eval_every > 0:
             with rng_preserved():
                 self.evaluate()
-        bar = tqdm(total=cfg.train.steps, initial=self.step, desc="rlkd", unit="step", disable=not cfg.log.progress_bar)
+        bar = tqdm(total=cfg.train.steps, initial=self.step, desc="rlkd", unit="step",
+                   disable=not (cfg.log.progress_bar and self.dist.is_main))
         budget_s = cfg.train.time_budget_min * 60
         started, first_step = time.perf_counter(), self.step
         try:
             while self.step < cfg.train.steps:
                 elapsed = time.perf_counter() - started
                 mean_step_s = elapsed / (self.step - first_step) if self.step > first_step else 0.0
-                if budget_s and elapsed + mean_step_s > budget_s:  # the next step would end past the budget
-                    print(f"rlkd: time budget of {cfg.train.time_budget_min:g} min: stopping after {self.step} steps "
-                          f"({elapsed / 60:.1f} min; a step takes {mean_step_s:.0f} s)")
+                if self.dist.decide(budget_s and elapsed + mean_step_s > budget_s):  # the next step would end past it
+                    self._print(f"rlkd: time budget of {cfg.train.time_budget_min:g} min: stopping after {self.step} "
+                                f"steps ({elapsed / 60:.1f} min; a step takes {mean_step_s:.0f} s)")
                     break
                 metrics = self._done = self.train_step()
                 self._at("update")
@@ -395,6 +416,8 @@ class Trainer:
         if cfg.train.save_final and self._last_checkpoint_step != self.step:
             self.checkpoint()
         self.log.close()
+        if not self.dist.is_main:
+            return
         print(training_curve(self.run_dir))
         for path in plot_run(self.run_dir):
             print(f"rlkd: plot {path}")
@@ -405,7 +428,12 @@ class Trainer:
         """Saves the last finished step unless it is saved already. Stopped after a step's
         update (logging, the monitor): the step is completed first (logged, finished), so
         nothing is lost whatever `train.checkpoint_every` is. Stopped inside the update: the
-        weights are past the last finished step and cannot be saved; the last checkpoint stands."""
+        weights are past the last finished step and cannot be saved; the last checkpoint stands.
+        Under torchrun rank 0 saves alone, without a collective (every rank holds the same state),
+        so a dead peer cannot make it hang."""
+        if not self.dist.is_main:
+            print(f"rlkd: rank {self.dist.rank} stopped; rank 0 saves the checkpoint", file=sys.stderr)
+            return
         if self._done is not None:
             if self._done:
                 self.log.log_metrics(self.step + 1, self._done)
@@ -418,7 +446,8 @@ class Trainer:
             print(f"rlkd: stopped{why}; last checkpoint: {where}{hint}", file=sys.stderr)
             return
         try:
-            path = self.checkpoint()
+            with self.dist.sheltered():
+                path = self.checkpoint()
         except Exception as err:  # e.g. a full disk: report it, and let the original error propagate
             print(f"rlkd: stopped; the emergency checkpoint failed too ({err})", file=sys.stderr)
             return
@@ -427,10 +456,13 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         cfg, G = self.cfg, self.cfg.rollout.group_size
         times: dict[str, float] = {}
-        examples = self.sampler.next_batch()
+        batch, mine = self.sampler.next_batch(), self.sampler.share  # mine: this rank's prompts (all in one process)
+        examples = batch[mine]
 
         with timed(times, "rollout"):
-            ro = self.rollout.generate(self._student_prompts([e.question for e in examples]), G)
+            ro = self.dist.generate(self.rollout, self._student_prompts([e.question for e in examples]), G,
+                                    seed=cfg.run.seed, step=self.step + 1, first_index=mine.start,
+                                    per_prompt=cfg.rollout.seed_per_prompt)
         questions = [e.question for e in examples for _ in range(G)]
         golds = [e.answer for e in examples for _ in range(G)]
         labeled = np.array([g is not None for g in golds])
@@ -447,18 +479,29 @@ class Trainer:
             with timed(times, "judge"):
                 scores = self._judge(questions, ro.response_text, references)
             r_judge, p_yes, p_no, abstained = scores.reward, scores.p_yes, scores.p_no, scores.abstained
-        watch = self._watch_judge(questions, ro, scores, labeled, verdicts)
-        if self.calibrator is not None:
-            r_judge = watch.pop("_r_judge")
         r_rerank = None
         if self.reranker is not None:
             with timed(times, "rerank"):
                 r_rerank = self.reranker.score(questions, ro.response_text)
+        mine_ro = ro
+        if self.dist.enabled:  # from here on every rank sees the whole step, as one process would
+            ro, r_vr, verdicts, scores, references, r_rerank = self.dist.gather(
+                (ro, r_vr, verdicts, scores, references, r_rerank))
+            questions, golds = [e.question for e in batch for _ in range(G)], [e.answer for e in batch for _ in range(G)]
+            labeled = np.array([g is not None for g in golds])
+            if scores is not None:
+                r_judge, p_yes, p_no, abstained = scores.reward, scores.p_yes, scores.p_no, scores.abstained
+            times = dict(zip(times, self.dist.max(*times.values())))  # a step waits for its slowest rank
+        watch = self._watch_judge(questions, ro, scores, labeled, verdicts)
+        if self.calibrator is not None:
+            r_judge = watch.pop("_r_judge")
         rewards = mix_rewards(self.weights, labeled, vr=r_vr, judge=r_judge, rerank=r_rerank)
 
         self._updating = True
+        rows = slice(mine.start * G, mine.stop * G)  # this rank's samples: its update is on them
         with timed(times, "update"), self._rollout_engine_asleep():
-            update_stats, advantages = self._update(ro, rewards)
+            update_stats, advantages = self._update(mine_ro, rewards[rows])
+        advantages = self.dist.gather(advantages)
         with timed(times, "sync"):
             self._sync_rollout_weights()
 
@@ -495,7 +538,7 @@ class Trainer:
         out, warnings = self.monitor.observe(
             self.step + 1, questions, ro.response_text, ro.response_lengths, r_raw, None if scores is None else scores.abstained,
             known, correct == 1.0, None if scores is None else scores.gated)  # fmt: skip
-        for line in warnings:
+        for line in warnings if self.dist.is_main else ():
             print(line, file=sys.stderr)
         if self.calibrator is not None and scores is not None:
             r_judge, calib = self.calibrator.step(r_raw, labeled, correct, scores.gated,
@@ -537,7 +580,7 @@ class Trainer:
         refs = self.references.get(questions, progress=self.cfg.log.progress_bar)
         took = time.perf_counter() - start
         missing = sum(r is None for r in refs)
-        print(f"rlkd: teacher references for {len(questions)} unlabeled questions ({took:.0f} s; "
+        self._print(f"rlkd: teacher references for {len(questions)} unlabeled questions ({took:.0f} s; "
               f"{missing} without a finished, explicit answer: their judge term abstains)")
         self.log.log_metrics(self.step, {"event": "teacher_references", "time/teacher_s": took,
                                          "teacher/questions": len(questions), "teacher/no_reference": missing})
@@ -557,17 +600,21 @@ class Trainer:
         advantages = np.zeros(len(rewards), dtype=np.float32)
         if a.name != "ppo":
             advantages = _core.group_advantages(rewards, G, estimator=a.name, eps=a.adv_eps)
-        # Nothing to learn from: no sample kept, or (group baselines, no KL term) every group all-equal,
-        # so every gradient is exactly 0 -- skip the forward/backward; the LR schedule still counts the step.
-        no_signal = a.name != "ppo" and a.kl_coef == 0 and not np.any(advantages[keep])
-        if len(keep) == 0 or no_signal:
+        # Nothing to learn from on any rank: no sample kept, or (group baselines, no KL term) every group
+        # all-equal, so every gradient is exactly 0 -- skip the forward/backward; the LR schedule still counts.
+        no_signal = len(keep) == 0 or (a.name != "ppo" and a.kl_coef == 0 and not np.any(advantages[keep]))
+        if self.dist.sum(0 if no_signal else 1)[0] == 0:
             self.scheduler.step()
             return {"loss/total": float("nan"), "update/skipped": 1.0}, advantages
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        # A rank with nothing to learn from still takes part in the gradient all-reduce: one sample, masked out.
+        rows = keep if len(keep) else np.array([0])
         batch = make_policy_batch(
-            [ro.prompt_ids[i] for i in keep], [ro.response_ids[i] for i in keep], pad_id,
-            seq_advantages=advantages[keep] if a.name != "ppo" else None,
+            [ro.prompt_ids[i] for i in rows], [ro.response_ids[i] for i in rows], pad_id,
+            seq_advantages=advantages[rows] if a.name != "ppo" else None,
         )
+        if not len(keep):
+            batch = batch.replace(response_mask=torch.zeros_like(batch.response_mask))
         accum = self.cfg.optim.grad_accum_steps or None  # None: every micro-batch of the step
         on_policy = a.epochs_per_batch == 1 and accum is None
         ppo_stats: dict[str, float] = {}
@@ -578,7 +625,7 @@ class Trainer:
                     flat = batch.advantages.sum(dim=1) / batch.response_mask.sum(dim=1).clamp(min=1)
                     advantages[keep] = flat.numpy()  # per-sample mean of its token advantages, for logs
             stats = update_policy(
-                self.policy, self.optimizer, batch.split(a.micro_batch_size),
+                self.train_model, self.optimizer, self._micro_batches(batch),
                 scheduler=self.scheduler, epochs=a.epochs_per_batch, micro_batches_per_step=accum,
                 clip_eps=a.clip_eps, aggregation=a.loss_aggregation, max_grad_norm=self.cfg.optim.grad_clip or None,
                 temperature=self.cfg.rollout.temperature,
@@ -586,10 +633,22 @@ class Trainer:
                 kl_estimator=a.kl_estimator, ref_model=self.ref_model,
                 value_head=self.value_head, value_coef=a.value_coef, value_clip=a.value_clip,
                 on_policy=on_policy and a.name != "ppo",
+                count_reduce=self.dist.global_counts if self.dist.enabled else None,
             )
         stats = {("loss/total" if k == "loss" else f"update/{k}"): v for k, v in stats.items()}
+        stats = self.dist.mean_stats(stats, weight=float(batch.num_response_tokens))
         stats.update(ppo_stats)
         return stats, advantages
+
+    def _micro_batches(self, batch):
+        """The update's micro-batches; under torchrun every rank runs as many as the rank with the
+        most (DDP's all-reduce waits for every rank's backward): the extra ones are masked out."""
+        parts = batch.split(self.cfg.algorithm.micro_batch_size)
+        most = int(self.dist.max(len(parts))[0])
+        if most > len(parts):
+            empty = parts[0].split(1)[0]
+            parts += [empty.replace(response_mask=torch.zeros_like(empty.response_mask))] * (most - len(parts))
+        return parts
 
     @torch.no_grad()
     def _fill_old_logprobs_and_advantages(self, batch, scores: np.ndarray):
@@ -670,21 +729,31 @@ class Trainer:
         rollout = HFRollout(self.rollout.model, self.tokenizer, max_new_tokens=cfg.train.eval_max_new_tokens,
                             batch_size=cfg.train.eval_batch_size) if isinstance(self.rollout, HFRollout) else self.rollout
 
-        def run_eval():
-            return greedy_pass_at_1(
-                rollout, self.tokenizer, self.pools.eval,
+        def run_eval():  # under torchrun each rank decodes its share and every rank gets all rows
+            part = greedy_pass_at_1(
+                rollout, self.tokenizer, self.pools.eval[share_of(len(self.pools.eval), self.dist.rank, self.dist.world_size)],
                 system_prompt=m.system_prompt or None, user_template=m.user_template,
                 max_new_tokens=cfg.train.eval_max_new_tokens, timeout_s=cfg.rewards.fallback_timeout_s,
-                progress=cfg.log.progress_bar,
+                progress=cfg.log.progress_bar and self.dist.is_main,
             )
+            return EvalResult.from_json({"rows": self.dist.gather(part.rows)}) if self.dist.enabled else part
 
         cached = False
         if self.step == 0 and self.start_model_key is not None:  # the start model's eval is the same every run
             key = eval_cache_key(self.start_model_key, self.pools.eval, system_prompt=m.system_prompt or None,
                                  user_template=m.user_template, max_new_tokens=cfg.train.eval_max_new_tokens, dtype=m.dtype)
-            result, cached = cached_greedy_pass_at_1(key, run_eval)
+            if self.dist.is_main:  # rank 0 reads and writes the cache, and tells the others whether to decode
+                result, cached = cached_greedy_pass_at_1(key, lambda: self.dist.broadcast(True) and run_eval())
+                if cached:
+                    self.dist.broadcast(False)
+            elif self.dist.broadcast(None):
+                result = run_eval()
+            if not self.dist.is_main:
+                return {}
         else:
             result = run_eval()
+        if not self.dist.is_main:
+            return {}
         summary = result.summary()
         summary["time/eval_s"] = time.perf_counter() - start
         self.log.log_metrics(self.step, {"event": "eval", **summary})
@@ -699,7 +768,7 @@ class Trainer:
     def _compare_start_end(self) -> None:
         """Paired start-vs-end comparison on the same held-out problems -> comparison.json."""
         first, last = self.run_dir / "eval" / f"step-{0:06d}.json", self.run_dir / "eval" / f"step-{self.step:06d}.json"
-        if self.step == 0 or not first.exists() or not last.exists():
+        if not self.dist.is_main or self.step == 0 or not first.exists() or not last.exists():
             return
         cmp = paired_comparison(correct_by_id(json.loads(first.read_text())["rows"]),
                                 correct_by_id(json.loads(last.read_text())["rows"]))
@@ -712,6 +781,9 @@ class Trainer:
         if self._updating:
             raise RuntimeError("checkpoint requested mid-step: the weights are past the last finished step")
         b = self.boundary
+        if not self.dist.is_main:  # every rank holds the same state: rank 0 writes it
+            self._last_checkpoint_step = b.step
+            return self.run_dir / "checkpoints"
         path = save_checkpoint(
             self.run_dir, b.step, model=self.policy, tokenizer=self.tokenizer, optimizer=self.optimizer,
             scheduler=self.scheduler, value_head=self.value_head,
@@ -763,20 +835,27 @@ def teacher_cache_path(cfg: Config) -> Path:
 
 
 def train(cfg: Config, *, resume_dir: Path | None = None) -> Path:
-    """SFT warm-up (once, cached) when enabled, then the RL run."""
+    """SFT warm-up (once, cached) when enabled, then the RL run. Under torchrun (rlkd.distributed)
+    rank 0 runs the warm-up and creates the run directory; the other ranks follow."""
+    dist = init_distributed(cfg.run.device)
     start_model, start_key = cfg.model.name_or_path, None
     if cfg.sft.enabled:
         from rlkd.sft import warm_up
 
-        sft = warm_up(cfg)
+        with dist.main_first():  # rank 0 trains and caches it, the others load the cached result
+            sft = warm_up(cfg)
         start_model, start_key = str(sft.path), f"sft:{sft.key}"
-        print(f"rlkd: RL starts from the SFT checkpoint {sft.path}")
-    run_dir = resume_dir if resume_dir is not None else prepare_run_dir(cfg)
+        if dist.is_main:
+            print(f"rlkd: RL starts from the SFT checkpoint {sft.path}")
+    new_dir = resume_dir is None and dist.is_main
+    run_dir = resume_dir if resume_dir is not None else dist.broadcast(prepare_run_dir(cfg) if dist.is_main else None)
     try:
-        trainer = Trainer(cfg, run_dir, resume=resume_dir is not None, start_model=start_model, start_model_key=start_key)
+        trainer = Trainer(cfg, run_dir, resume=resume_dir is not None, start_model=start_model, start_model_key=start_key,
+                          dist=dist)
     except BaseException:
-        if resume_dir is None:  # a failed start leaves no orphan run directory behind
+        if new_dir:  # a failed start leaves no orphan run directory behind
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     trainer.run()
+    dist.close()
     return run_dir

@@ -1,0 +1,177 @@
+"""Data-parallel rlkd-train: real `torchrun --nproc_per_node 2` jobs (gloo, CPU) on the 2-layer
+tiny model, against one process with the same prompts and seeds."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rlkd.cli import train_main
+from rlkd.data import PromptSampler, build_pools, share_of
+from rlkd.distributed import DistContext, rollout_seed
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny.toml"
+FAIL_ON_RANK = ROOT / "tests" / "fixtures" / "distributed" / "fail_on_rank.py"
+VOLATILE = ("time/", "throughput/")  # wall-clock figures differ between any two runs
+HANG_GUARD_S = 900  # a job that has not ended by then hangs (the runs take well under a minute)
+
+
+def _args(out: Path, model: Path, *overrides: str) -> list[str]:
+    sets = [f"run.output_dir={json.dumps(str(out))}", "run.torch_threads=1",
+            f"model.name_or_path={json.dumps(str(model))}", f"judge.name_or_path={json.dumps(str(model))}",
+            "judge.abstain_threshold=0", "rollout.seed_per_prompt=true", "train.eval_every=0", *overrides]
+    return [str(TINY)] + [a for s in sets for a in ("--set", s)]
+
+
+def _torchrun(script: list[str], args: list[str]) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *script, *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
+
+
+def _two_ranks(out: Path, model: Path, *overrides: str, resume: Path | None = None) -> Path:
+    args = _args(out, model, *overrides) + (["--resume", str(resume)] if resume else [])
+    done = _torchrun(["-m", "rlkd.cli", "train"], args)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return resume or _only_run(out)
+
+
+def _one_process(out: Path, model: Path, *overrides: str, resume: Path | None = None) -> Path:
+    args = _args(out, model, *overrides) + (["--resume", str(resume)] if resume else [])
+    assert train_main(args) == 0
+    return resume or _only_run(out)
+
+
+def _only_run(out: Path) -> Path:
+    (run,) = [p for p in out.iterdir() if p.is_dir()]
+    return run
+
+
+def _steps(run: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in m.items() if not k.startswith(VOLATILE)} for m in rows if "event" not in m]
+
+
+def _numbers(m: dict) -> dict:
+    return {k: v for k, v in m.items() if isinstance(v, (int, float))}
+
+
+def _others(m: dict) -> dict:
+    return {k: v for k, v in m.items() if not isinstance(v, (int, float))}
+
+
+def _assert_same_run(got: Path, want: Path, step: int = 2) -> None:
+    """Same metrics at every step and the same policy at `step` (float tolerance: AdamW moves a
+    weight by about lr = 1e-5 per step, 10x the tolerance)."""
+    g, w = _steps(got), _steps(want)
+    assert [m["step"] for m in g] == [m["step"] for m in w] == list(range(1, step + 1))
+    for a, b in zip(g, w):
+        assert _others(a) == _others(b)  # null (NaN) and text values exactly
+        assert _numbers(a) == pytest.approx(_numbers(b), rel=1e-4, abs=1e-6)
+    name = f"step-{step:06d}"
+    mine, theirs = (load_file(r / "checkpoints" / name / "model.safetensors") for r in (got, want))
+    assert mine.keys() == theirs.keys()
+    for key, tensor in theirs.items():
+        torch.testing.assert_close(mine[key], tensor, rtol=0, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, tiny_model_path) -> Path:
+    return _one_process(tmp_path_factory.mktemp("one"), tiny_model_path)
+
+
+@pytest.mark.slow
+def test_two_ranks_train_the_same_policy_as_one_process(tmp_path, tiny_model_path, one_process):
+    two = _two_ranks(tmp_path, tiny_model_path)
+    _assert_same_run(two, one_process)
+    # rank 0 alone wrote the run: one metrics line per step, every sample of the step in samples.jsonl
+    assert len(_steps(two)) == 2
+    samples = [json.loads(line) for line in (two / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 2 * 2 * 2  # steps x prompts x G: both ranks' shares
+    base = load_file(tiny_model_path / "model.safetensors")
+    trained = load_file(two / "checkpoints" / "step-000002" / "model.safetensors")
+    moved = max(float((trained[k].float() - base[k].float()).abs().max()) for k in base if k in trained)
+    assert moved > 1e-6, "the policy did not move: the equivalence would be vacuous"
+
+
+@pytest.mark.slow
+def test_a_two_rank_run_resumes_on_one_rank(tmp_path, tiny_model_path, one_process):
+    run = _two_ranks(tmp_path, tiny_model_path, "train.steps=1")
+    _one_process(tmp_path, tiny_model_path, "train.steps=2", resume=run)
+    _assert_same_run(run, one_process)
+
+
+@pytest.mark.slow
+def test_a_one_rank_run_resumes_on_two_ranks(tmp_path, tiny_model_path, one_process):
+    run = _one_process(tmp_path, tiny_model_path, "train.steps=1")
+    _two_ranks(tmp_path, tiny_model_path, "train.steps=2", resume=run)
+    _assert_same_run(run, one_process)
+
+
+@pytest.mark.slow
+def test_a_failing_rank_stops_the_job_with_its_error_and_a_checkpoint(tmp_path, tiny_model_path):
+    # Rank 1 raises at the start of step 2; rank 0 is then waiting for it in a collective. The
+    # job must end (no hang), report rank 1's error, and leave step 1 saved by rank 0's emergency
+    # checkpoint (no periodic checkpoints in this run).
+    args = _args(tmp_path, tiny_model_path, "train.steps=3", "train.checkpoint_every=0")
+    done = _torchrun([str(FAIL_ON_RANK), "1", "2"], args)
+    assert done.returncode != 0
+    assert "simulated failure on rank 1 in step 2" in done.stderr
+    state = json.loads((_only_run(tmp_path) / "checkpoints" / "step-000001" / "trainer_state.json").read_text())
+    assert state["step"] == 1
+
+
+# ---- pieces, in one process -------------------------------------------------------------------
+
+
+def test_shares_are_disjoint_whole_prompts_covering_the_batch():
+    for n in range(1, 9):
+        for world in range(1, n + 1):
+            shares = [share_of(n, r, world) for r in range(world)]
+            assert [i for s in shares for i in range(n)[s]] == list(range(n))
+            assert max(s.stop - s.start for s in shares) - min(s.stop - s.start for s in shares) <= 1
+
+
+def test_every_rank_draws_the_same_batch_and_state():
+    from rlkd.config import load_config
+
+    cfg = load_config(TINY, ["rollout.prompts_per_step=4"])
+    pools = build_pools(cfg.data, seed=0)
+    samplers = [PromptSampler(pools, prompts_per_step=4, labeled_fraction=0.5, seed=0, rank=r, world_size=2)
+                for r in range(2)]
+    batches = [s.next_batch() for s in samplers]
+    assert batches[0] == batches[1] and samplers[0].state_dict() == samplers[1].state_dict()
+    assert [s.share for s in samplers] == [slice(0, 2), slice(2, 4)]
+    with pytest.raises(ValueError, match="less than the number of ranks"):
+        PromptSampler(pools, prompts_per_step=1, labeled_fraction=0.5, seed=0, rank=0, world_size=2)
+
+
+def test_rollout_seeds_depend_on_seed_step_and_prompt_only():
+    seeds = {rollout_seed(s, t, i) for s in range(3) for t in range(3) for i in range(3)}
+    assert len(seeds) == 27 and rollout_seed(0, 1, 2) == rollout_seed(0, 1, 2)
+
+
+def test_one_process_context_is_the_identity():
+    ctx = DistContext()
+    assert not ctx.enabled and ctx.is_main
+    values = (np.arange(3), [1, 2], None)
+    assert ctx.gather(values) is values and ctx.sum(2.0, 3.0) == [2.0, 3.0] and ctx.decide(True)
+    counts = torch.tensor([4.0, 5.0])
+    assert ctx.global_counts(counts) is counts
+
+
+def test_ppo_under_torchrun_is_a_config_error(tmp_path, tiny_model_path):
+    from rlkd.config import ConfigError, load_config
+    from rlkd.train import Trainer
+
+    cfg = load_config(TINY, [f"run.output_dir={json.dumps(str(tmp_path))}", "algorithm.name=ppo",
+                             f"model.name_or_path={json.dumps(str(tiny_model_path))}"])
+    with pytest.raises(ConfigError, match="ppo"):
+        Trainer(cfg, tmp_path, dist=DistContext(rank=0, world_size=2))
