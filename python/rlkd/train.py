@@ -256,7 +256,7 @@ class Trainer:
 
             rollout = VLLMRollout(
                 str(self.policy.name_or_path),
-                dtype=self.cfg.model.dtype,
+                dtype=str(self.compute_dtype).removeprefix("torch."),
                 gpu_memory_utilization=r.vllm_gpu_memory_utilization,
                 max_new_tokens=r.max_new_tokens,
                 temperature=r.temperature,
@@ -524,6 +524,7 @@ class Trainer:
         batch = make_policy_batch(
             [ro.prompt_ids[i] for i in keep], [ro.response_ids[i] for i in keep], pad_id,
             seq_advantages=advantages[keep] if a.name != "ppo" else None,
+            sampling_logprobs=[ro.logprobs[i] for i in keep],  # measured (update/rollout_logprob_diff), not trained on
         )
         accum = self.cfg.optim.grad_accum_steps or None  # None: every micro-batch of the step
         on_policy = a.epochs_per_batch == 1 and accum is None
