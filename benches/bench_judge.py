@@ -121,14 +121,14 @@ def padding(batches: list[tuple]) -> tuple[int, int]:
     return slots - real, real
 
 
-def write_section(text: str, path: Path) -> None:
-    """Replace (or append) the '## Judge' section of BENCHMARKS.md, leaving other sections alone."""
+def write_section(text: str, path: Path, section: str = SECTION) -> None:
+    """Replace (or append) the `section` of BENCHMARKS.md, leaving other sections alone."""
     doc = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = doc.find(SECTION + "\n")
+    start = doc.find(section + "\n")
     if start < 0:
         doc = doc.rstrip("\n") + "\n\n" + text
     else:
-        nxt = doc.find("\n## ", start + len(SECTION))
+        nxt = doc.find("\n## ", start + len(section))
         doc = doc[:start] + text.rstrip("\n") + "\n" + ("\n" + doc[nxt + 1 :] if nxt >= 0 else "")
         doc = doc.rstrip("\n") + "\n"
     path.write_text(doc)

@@ -231,8 +231,7 @@ ERROR_CASES = [
     ("[data]\ntrain_path = ''\nsynthetic_min_steps = 5\nsynthetic_max_steps = 3\n", ["data.synthetic_min_steps: 5 exceeds"]),
     ("[data]\nsynthetic_max_steps = 6\n", ["data.synthetic_max_steps: must be ≤ 5"]),
     ("[data]\neval_path = ''\neval_count = 0\n", ["data.eval_count: is 0 with synthetic eval problems"]),
-    ('[rollout]\nbackend = "vllm"\n', ["rollout.backend: 'vllm' needs a CUDA device"]),
-    ('[rollout]\nbackend = "vllm"\n[run]\ndevice = "cuda"\n[model]\nlora_rank = 8\n', ["'vllm' rollouts with model.lora_rank"]),
+    ('[rollout]\nbackend = "vllm"\n[run]\ndevice = "mps"\n', ["rollout.backend: 'vllm' runs on CUDA or on the CPU"]),
     ('[log]\nwandb = true\nwandb_project = ""\n', ["log.wandb_project: must not be empty"]),
 ]
 

