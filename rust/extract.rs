@@ -32,6 +32,7 @@
 //!   "correct", "incorrect", "wrong", "verified", "accurate", "inaccurate" and filler ("the",
 //!   "answer", "is", "yes", "this", ...), with at least one of the former: `\boxed{correct}`,
 //!   `#### The answer is correct`, `$\text{Correct!}$`. LaTeX command names do not count as words.
+//!
 //! A rule whose candidate is not a value tries its earlier candidates (at most
 //! [`MAX_REJECTED`] rejected ones, which keeps extraction linear), then the next rule.
 //!
