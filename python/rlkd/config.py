@@ -295,7 +295,7 @@ class AlgorithmSection:
     loss_aggregation: str = _opt("token_mean", "`token_mean` (over all response tokens) or `seq_mean` "
                                  "(per-sequence mean, then over sequences)", choices=("token_mean", "seq_mean"))
     epochs_per_batch: int = _opt(1, "optimisation passes over each rollout batch", ge=1)
-    micro_batch_size: int = _opt(4, "sequences per forward/backward pass", ge=1)
+    micro_batch_size: int = _opt(2, "sequences per forward/backward pass", ge=1)
     adv_eps: float = _opt(1e-6, "ε added to the group std in grpo advantages", gt=0)
     gamma: float = _opt(1.0, "ppo: GAE discount γ", ge=0, le=1)
     lam: float = _opt(0.95, "ppo: GAE λ", ge=0, le=1)
@@ -305,7 +305,7 @@ class AlgorithmSection:
 
 @dataclass(frozen=True)
 class OptimSection:
-    lr: float = _opt(2e-5, "AdamW peak learning rate", gt=0, le=1)
+    lr: float = _opt(1e-4, "AdamW peak learning rate", gt=0, le=1)
     weight_decay: float = _opt(0.0, "AdamW weight decay", ge=0)
     betas: tuple[float, float] = _opt((0.9, 0.999), "AdamW betas", kind="float_pair")
     eps: float = _opt(1e-8, "AdamW epsilon", gt=0)
@@ -323,7 +323,7 @@ class TrainSection:
     checkpoint_every: int = _opt(5, "write a checkpoint every N steps; 0 = only the final one", ge=0)
     eval_every: int = _opt(10, "evaluate on the held-out set at the start, every N steps and at the end; 0 = never", ge=0)
     eval_max_new_tokens: int = _opt(256, "max new tokens of a greedy eval answer", ge=1)
-    eval_batch_size: int = _opt(16, "sequences per generate call in evaluation", ge=1)
+    eval_batch_size: int = _opt(32, "sequences per generate call in evaluation", ge=1)
     time_budget_min: float = _opt(15.0, "minutes of training (one-time set-up and the start eval not counted): no "
                                   "step starts that would end past it (at the mean step time so far); then eval "
                                   "and save. 0 = no limit", ge=0)
