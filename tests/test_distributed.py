@@ -19,7 +19,7 @@ from rlkd.distributed import DistContext, rollout_seed
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.toml"
 FAIL_ON_RANK = ROOT / "tests" / "fixtures" / "distributed" / "fail_on_rank.py"
-VOLATILE = ("time/", "throughput/")  # wall-clock figures differ between any two runs
+VOLATILE = ("time/", "throughput/", "memory/")  # wall-clock and memory figures differ between any two runs
 HANG_GUARD_S = 900  # a job that has not ended by then hangs (the runs take well under a minute)
 
 
