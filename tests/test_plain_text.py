@@ -173,6 +173,17 @@ def test_judge_prompt_holds_only_the_templates_control_tokens(tok, generative):
         assert attack in tok.decode(ids)
 
 
+def test_the_answer_gate_pays_nothing_for_any_control_tokens_text(tok):
+    """Plain text cannot steer the prompt, but the judge still reads a fake turn and says Yes: a
+    response spelling any control token of the judge's tokenizer (or a known turn marker) is gated."""
+    judge = SingleTokenJudge(None, tok, template="Q: {question}\nA: {response}\nCorrect?")  # no model: no forward pass
+    attacks = ["The answer is 5." + t for t in _control_texts(tok) + INJECTIONS]
+    scores = judge.score(["What is 2+3?"] * len(attacks), attacks)
+    assert scores.gated.all() and (scores.reward == 0.0).all()
+    assert set(scores.gate_reason) == {"control_text"}
+    assert judge.gate_reasons(["The answer is 5.", "5", "a <b> c, |x| < 3"]).tolist() == [None, "no_answer", "no_answer"]
+
+
 def test_student_and_teacher_prompts_hold_only_the_templates_control_tokens(tok):
     system = _system(tok)
     benign = render_prompts(tok, ["What is 2+3?"], system_prompt=system, user_template="Solve: {question}")[0]

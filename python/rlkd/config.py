@@ -200,7 +200,8 @@ class JudgeSection:
     answer_gate: bool = _opt(
         True, "a response with no final answer (strict extraction: \\boxed{}, `#### x`, \"The answer is x\") gets "
         "judge reward 0 without a forward pass (counted as gated, not abstained): the judge grades solutions, "
-        "and answer-free text is not one (small judges say Yes to it)")
+        "and answer-free text is not one (small judges say Yes to it); so does a response spelling a chat-control "
+        "token (`<|im_end|>` ...: judge/control_text_rate)")
     calibration: str = _opt(
         "isotonic", "fit a monotone map r_judge -> P(correct) against the verifier on labeled prompts, past "
         "steps only, logged as calib/*: `isotonic`, `platt` or `none`", choices=("none", "isotonic", "platt"))

@@ -75,11 +75,14 @@ class GenerativeVerdicts:
     num_truncated: int  # prompts whose response lost tokens to max_len
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
-    gated: np.ndarray | None = None  # bool: no final answer, 0.0 without decoding
+    gated: np.ndarray | None = None  # bool: the answer gate paid 0.0 without decoding
+    gate_reason: np.ndarray | None = None  # object: "no_answer" | "control_text" | None per row
 
     def __post_init__(self) -> None:
         if self.gated is None:
             object.__setattr__(self, "gated", np.zeros(len(self.reward), dtype=bool))
+        if self.gate_reason is None:
+            object.__setattr__(self, "gate_reason", np.array([None] * len(self.reward), dtype=object))
 
     @property
     def abstain_rate(self) -> float:
@@ -156,7 +159,8 @@ class GenerativeJudge(SingleTokenJudge):
 
         start = time.perf_counter()
         n = check_rows(questions, responses, references, needs_reference=self.needs_reference)
-        gated = self.gate(responses)
+        gate_reason = self.gate_reasons(responses)
+        gated = np.array([r is not None for r in gate_reason], dtype=bool)
         keep = np.flatnonzero(~gated)
         pick = lambda xs: None if xs is None else [xs[i] for i in keep]  # noqa: E731
         reward = np.zeros(n, dtype=np.float32)  # gated rows: 0.0, not decoded
@@ -182,4 +186,5 @@ class GenerativeJudge(SingleTokenJudge):
             num_truncated=truncated,
             seconds=time.perf_counter() - start,
             gated=gated,
+            gate_reason=gate_reason,
         )

@@ -28,6 +28,11 @@ What the student writes cannot steer the judge:
   one, and small judges say Yes to answer-free openers ("Thought process:", "Let me solve this
   step by step.") far too often — arXiv 2507.08794 measures 80-90% false positives on such
   "master keys". The policy learns whatever the judge over-pays, so this text must earn nothing.
+- The same gate pays 0.0 for a response that holds the text of a chat-control token
+  (``<|im_end|>``, ``<|start_header_id|>``, ``<end_of_turn>`` ...: the judge tokenizer's own and
+  :data:`CHAT_CONTROL_TEXTS`). Plain-text encoding keeps such text from steering the prompt, but
+  the judge still reads it and says Yes to 85-95% of wrong answers followed by a fake assistant
+  turn (BENCHMARKS.md "Judge robustness"); no solution contains it. Reason: ``control_text``.
 """
 
 from __future__ import annotations
@@ -41,7 +46,17 @@ import torch
 
 from rlkd import _core
 from rlkd._core import RlkdError
-from rlkd.plain_text import PlainTextEncoder
+from rlkd.plain_text import PlainTextEncoder, control_token_texts
+
+#: Turn markers of the chat templates rlkd supports (ChatML/Qwen, Llama-3, Gemma, Mistral, Phi),
+#: gated whatever the judge's own tokenizer: a student of another family may write its markers.
+CHAT_CONTROL_TEXTS = (
+    "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|begin_of_text|>", "<|start_header_id|>",
+    "<|end_header_id|>", "<|eot_id|>", "<start_of_turn>", "<end_of_turn>", "[INST]", "[/INST]",
+    "<|user|>", "<|assistant|>", "<|system|>", "<|end|>",
+)
+GATE_NO_ANSWER = "no_answer"
+GATE_CONTROL_TEXT = "control_text"
 
 _SENTINELS = {
     "question": "\u27e6RLKD-QUESTION\u27e7",
@@ -74,11 +89,14 @@ class JudgeScores:
     p_no: np.ndarray
     abstained: np.ndarray  # bool
     num_truncated: int  # prompts whose truncated field lost tokens to max_len
-    gated: np.ndarray | None = None  # bool: no final answer, reward 0.0 without a forward pass
+    gated: np.ndarray | None = None  # bool: the answer gate paid 0.0 without a forward pass
+    gate_reason: np.ndarray | None = None  # object: "no_answer" | "control_text" | None per row
 
     def __post_init__(self) -> None:
         if self.gated is None:
             object.__setattr__(self, "gated", np.zeros(len(self.reward), dtype=bool))
+        if self.gate_reason is None:
+            object.__setattr__(self, "gate_reason", np.array([None] * len(self.reward), dtype=object))
 
     @property
     def abstain_rate(self) -> float:
@@ -172,6 +190,7 @@ class SingleTokenJudge:
         self.abstain_threshold = abstain_threshold
         self.answer_gate = bool(answer_gate)
         self._plain = PlainTextEncoder(tokenizer)
+        self._control_texts = sorted(set(CHAT_CONTROL_TEXTS) | control_token_texts(tokenizer), key=len, reverse=True)
         self.max_len = max_len
         self.max_tokens_per_batch = max_tokens_per_batch
         after_ws = self.prompt.pieces[-1][-1:].isspace()
@@ -196,10 +215,23 @@ class SingleTokenJudge:
         return "reference" in self.prompt.fields
 
     def gate(self, responses: Sequence[str]) -> np.ndarray:
-        """[n] bool: True where the answer gate withholds the reward (no final answer, strict)."""
+        """[n] bool: True where the answer gate withholds the reward (see :meth:`gate_reasons`)."""
+        return np.array([r is not None for r in self.gate_reasons(responses)], dtype=bool)
+
+    def gate_reasons(self, responses: Sequence[str]) -> np.ndarray:
+        """[n] object: why the answer gate pays 0.0 without a forward pass, None where it scores.
+
+        ``control_text``: the response holds a chat-control token's text; ``no_answer``: strict
+        extraction finds no final answer (the verifiable reward's no_answer rule)."""
+        reasons = np.array([None] * len(responses), dtype=object)
         if not self.answer_gate or not len(responses):
-            return np.zeros(len(responses), dtype=bool)
-        return np.array([a is None for a in _core.extract_answers(list(responses), strict=True)], dtype=bool)
+            return reasons
+        for i, answer in enumerate(_core.extract_answers(list(responses), strict=True)):
+            if any(t in responses[i] for t in self._control_texts):
+                reasons[i] = GATE_CONTROL_TEXT
+            elif answer is None:
+                reasons[i] = GATE_NO_ANSWER
+        return reasons
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
@@ -245,7 +277,8 @@ class SingleTokenJudge:
         progress: bool = False,
     ) -> JudgeScores:
         n = check_rows(questions, responses, references, needs_reference=self.needs_reference)
-        gated = self.gate(responses)
+        gate_reason = self.gate_reasons(responses)
+        gated = np.array([r is not None for r in gate_reason], dtype=bool)
         keep = np.flatnonzero(~gated)
         pick = lambda xs: None if xs is None else [xs[i] for i in keep]  # noqa: E731
         batches = self.pack(pick(questions), pick(responses), pick(references)) if len(keep) else []
@@ -260,7 +293,8 @@ class SingleTokenJudge:
             reward = np.where(abstained, np.nan, p_yes / np.maximum(mass, 1e-30)).astype(np.float32)
         reward[gated] = 0.0  # not a solution: no reward (and not an abstention)
         truncated = int(sum(getattr(b, "num_truncated", 0) for b in batches))
-        return JudgeScores(reward=reward, p_yes=p_yes, p_no=p_no, abstained=abstained, num_truncated=truncated, gated=gated)
+        return JudgeScores(reward=reward, p_yes=p_yes, p_no=p_no, abstained=abstained, num_truncated=truncated,
+                           gated=gated, gate_reason=gate_reason)
 
     def yes_no_probs(self, batches: list, *, progress: bool = False):
         """(sample indices, P(Yes) [rows], P(No) [rows]) for each packed batch: one forward each."""

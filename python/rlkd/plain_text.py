@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["PlainTextEncoder", "control_token_ids", "encode_plain"]
+__all__ = ["PlainTextEncoder", "control_token_ids", "control_token_texts", "encode_plain"]
 
 
 def _added_tokens(tokenizer: Any) -> dict[int, Any]:
@@ -36,6 +36,12 @@ def control_token_ids(tokenizer: Any) -> frozenset[int]:
         if getattr(token, "special", False) or (len(text.strip()) > 1 and text in template):
             ids.add(int(i))
     return frozenset(ids)
+
+
+def control_token_texts(tokenizer: Any) -> set[str]:
+    """The texts of :func:`control_token_ids` longer than one character (what a response could spell)."""
+    texts = {tokenizer.convert_ids_to_tokens(i) for i in control_token_ids(tokenizer)}
+    return {t for t in texts if isinstance(t, str) and len(t.strip()) > 1}
 
 
 class PlainTextEncoder:

@@ -265,11 +265,9 @@ def _float_or_none(x: float) -> float | None:
 
 
 def _reason(cols: dict[str, np.ndarray], i: int, threshold: float) -> str | None:
-    for key in ("gate_reason", "reason"):  # the answer gate's own explanation, when it gives one
-        if key in cols and cols[key][i] is not None and str(cols[key][i]):
-            return str(cols[key][i])
     if "gated" in cols and bool(cols["gated"][i]):
-        return "gated: no final answer"
+        why = cols["gate_reason"][i] if "gate_reason" in cols else None
+        return {"control_text": "gated: chat-control text"}.get(str(why), "gated: no final answer")
     if bool(cols["abstained"][i]):
         mass = float(cols["p_yes"][i]) + float(cols["p_no"][i])
         return f"abstained: P(Yes)+P(No) = {mass:.3f} < {threshold}"

@@ -61,7 +61,7 @@ from rlkd.data import PromptSampler, build_pools, share_of
 from rlkd.distributed import DistContext, NullLog
 from rlkd.distributed import init as init_distributed
 from rlkd.evaluate import EvalResult, cached_greedy_pass_at_1, eval_cache_key, greedy_pass_at_1
-from rlkd.judge import JudgeScores, SingleTokenJudge, TeacherReferences
+from rlkd.judge import GATE_CONTROL_TEXT, JudgeScores, SingleTokenJudge, TeacherReferences
 from rlkd.monitor import HackingAlert, HackingMonitor, MonitorLimits
 from rlkd.metrics import auroc
 from rlkd.plots import plot_run
@@ -508,6 +508,8 @@ class Trainer:
         metrics = self._step_metrics(ro, rewards, r_vr, verdicts, r_judge, p_yes, abstained, r_rerank, advantages, labeled)
         if references is not None:
             metrics["judge/no_reference_rate"] = float(np.mean([r is None for r in references]))
+        if scores is not None:  # responses spelling chat-control tokens: paid 0 by the gate
+            metrics["judge/control_text_rate"] = float(np.mean(scores.gate_reason == GATE_CONTROL_TEXT))
         metrics.update(update_stats)
         metrics.update({k: v for k, v in watch.items() if not k.startswith("_")})
         metrics.update(times)
@@ -524,6 +526,7 @@ class Trainer:
                  "judge": None if r_judge is None else float(r_judge[i]),
                  "judge_mass": None if r_judge is None else float(p_yes[i] + p_no[i]),
                  "judge_gated": None if scores is None else bool(scores.gated[i]),
+                 "judge_gate_reason": None if scores is None else scores.gate_reason[i],
                  "rerank": None if r_rerank is None else float(r_rerank[i]), "advantage": float(advantages[i])}
                 for i, (q, g, t, r, v, d) in enumerate(zip(questions, golds, ro.response_text, rewards, r_vr, verdicts))
             ])
@@ -560,12 +563,13 @@ class Trainer:
         n = len(responses)
         nan = np.full(n, np.nan, dtype=np.float32)
         reward, p_yes, p_no, abstained = nan.copy(), np.zeros(n, np.float32), np.zeros(n, np.float32), np.ones(n, bool)
-        gated, truncated = np.zeros(n, bool), 0
+        gated, gate_reason, truncated = np.zeros(n, bool), np.array([None] * n, dtype=object), 0
         if rows:
             part = self.judge.score([questions[i] for i in rows], [responses[i] for i in rows], [references[i] for i in rows])
             reward[rows], p_yes[rows], p_no[rows], abstained[rows] = part.reward, part.p_yes, part.p_no, part.abstained
-            gated[rows], truncated = part.gated, part.num_truncated
-        return JudgeScores(reward=reward, p_yes=p_yes, p_no=p_no, abstained=abstained, num_truncated=truncated, gated=gated)
+            gated[rows], gate_reason[rows], truncated = part.gated, part.gate_reason, part.num_truncated
+        return JudgeScores(reward=reward, p_yes=p_yes, p_no=p_no, abstained=abstained, num_truncated=truncated,
+                           gated=gated, gate_reason=gate_reason)
 
     def _prefetch_references(self) -> None:
         """The teacher solves the unlabeled questions of the whole run up front, in batches (once
