@@ -61,6 +61,14 @@ def test_grpo_run_logs_finite_losses_and_every_metric(grpo_run):
     assert (grpo_run / "config.toml").exists()
 
 
+def test_only_samples_with_a_nonzero_advantage_are_trained_on(grpo_run):
+    # GRPO without KL: a zero advantage is a zero gradient, so those samples skip the forward/backward.
+    samples = [json.loads(line) for line in (grpo_run / "samples.jsonl").read_text().splitlines()]
+    for m in _steps(grpo_run):
+        teaching = sum(s["advantage"] != 0 for s in samples if s["step"] == m["step"])
+        assert m.get("update/trained_samples", 0.0) == teaching  # absent when the update was skipped
+
+
 @pytest.mark.slow
 def test_teacher_references_come_only_from_finished_solutions(grpo_run):
     # tiny.toml gives the teacher 16 new tokens: SmolLM2 never finishes a solution in 16 tokens,

@@ -122,12 +122,14 @@ def greedy_pass_at_1(
 
 
 def eval_cache_key(model_key: str, examples: Sequence[Example], *, system_prompt: str | None, user_template: str,
-                   max_new_tokens: int, dtype: str) -> str:
-    """Names one greedy evaluation: the same model, problems, prompt and budget give the same rows."""
+                   max_new_tokens: int, dtype: str, backend: str = "hf") -> str:
+    """Names one greedy evaluation: the same model, problems, prompt, budget and decoding engine give
+    the same rows (engines differ by bf16 rounding, which flips near-tied greedy tokens)."""
     import hashlib
 
-    h = hashlib.sha256(json.dumps({"v": 1, "model": model_key, "system": system_prompt, "user": user_template,
-                                   "max_new_tokens": max_new_tokens, "dtype": dtype}, sort_keys=True).encode())
+    named = {"v": 1, "model": model_key, "system": system_prompt, "user": user_template,
+             "max_new_tokens": max_new_tokens, "dtype": dtype} | ({"backend": backend} if backend != "hf" else {})
+    h = hashlib.sha256(json.dumps(named, sort_keys=True).encode())
     for e in examples:
         h.update(b"\0" + e.id.encode() + b"\1" + e.question.encode() + b"\2" + str(e.answer).encode())
     return h.hexdigest()[:16]

@@ -604,9 +604,13 @@ class Trainer:
         advantages = np.zeros(len(rewards), dtype=np.float32)
         if a.name != "ppo":
             advantages = _core.group_advantages(rewards, G, estimator=a.name, eps=a.adv_eps)
-        # Nothing to learn from on any rank: no sample kept, or (group baselines, no KL term) every group
-        # all-equal, so every gradient is exactly 0 -- skip the forward/backward; the LR schedule still counts.
-        no_signal = len(keep) == 0 or (a.name != "ppo" and a.kl_coef == 0 and not np.any(advantages[keep]))
+        if a.name != "ppo" and a.kl_coef == 0:
+            # Group baselines, no KL: a sample with advantage 0 (its group all-equal) has exactly zero
+            # gradient, so it leaves the forward/backward (DAPO's dynamic-sampling filter); the loss is
+            # normalised over the samples that teach. With none on any rank the update is skipped;
+            # the LR schedule still counts the step.
+            keep = keep[advantages[keep] != 0]
+        no_signal = len(keep) == 0
         if self.dist.sum(0 if no_signal else 1)[0] == 0:
             self.scheduler.step()
             return {"loss/total": float("nan"), "update/skipped": 1.0}, advantages
@@ -643,6 +647,7 @@ class Trainer:
         stats = {("loss/total" if k == "loss" else f"update/{k}"): v for k, v in stats.items()}
         stats = self.dist.mean_stats(stats, weight=float(batch.num_response_tokens))
         stats.update(ppo_stats)
+        stats["update/trained_samples"] = float(self.dist.sum(len(keep))[0])
         return stats, advantages
 
     def _micro_batches(self, batch):
@@ -746,7 +751,8 @@ class Trainer:
         cached = False
         if self.step == 0 and self.start_model_key is not None:  # the start model's eval is the same every run
             key = eval_cache_key(self.start_model_key, self.pools.eval, system_prompt=m.system_prompt or None,
-                                 user_template=m.user_template, max_new_tokens=cfg.train.eval_max_new_tokens, dtype=m.dtype)
+                                 user_template=m.user_template, max_new_tokens=cfg.train.eval_max_new_tokens, dtype=m.dtype,
+                                 backend=cfg.rollout.backend)
             if self.dist.is_main:  # rank 0 reads and writes the cache, and tells the others whether to decode
                 result, cached = cached_greedy_pass_at_1(key, lambda: self.dist.broadcast(True) and run_eval())
                 if cached:
