@@ -473,11 +473,14 @@ def checkpoint_shapes(model_dir: str | Path) -> dict[str, tuple[int, ...]]:
 def vllm_cpu_env(*, kv_cache_gib: int = 1, in_process: bool = True) -> dict[str, str]:
     """Environment defaults for vLLM's CPU platform (a variable already set wins): a small KV
     cache, OpenMP threads bound to every core this process may use (vLLM's default binds one), and
-    the engine in this process (weight pushes cost a copy instead of a trip through a socket)."""
+    the engine in this process (weight pushes cost a copy instead of a trip through a socket).
+    In process, OMP_NUM_THREADS = those cores: without it vLLM sets torch's threads to 1 for good,
+    and the policy update and the HF judge in the same process then ran at half speed."""
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
     env = {"VLLM_CPU_KVCACHE_SPACE": str(int(kv_cache_gib)), "VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cpus))}
     if in_process:
         env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        env["OMP_NUM_THREADS"] = str(len(cpus))
     for key, value in env.items():
         os.environ.setdefault(key, value)
     return {key: os.environ[key] for key in env}
