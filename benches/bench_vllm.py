@@ -117,7 +117,7 @@ def phase_judge(args, backend: str) -> dict:
 
         t0 = time.perf_counter()
         llm = make_vllm_engine(path, dtype="bfloat16", seed=0, enable_prefix_caching=backend == "vllm",
-                               max_model_len=d.max_len + 1)  # fmt: skip
+                               max_model_len=d.max_len + 1, enforce_eager=True)  # as rlkd-judge --backend vllm
         out["start_s"] = time.perf_counter() - t0
         judge = VLLMJudge(llm, **common)
     rows = _judge_rows(args)
