@@ -208,9 +208,14 @@ class _IdsOnlyTokenizer:
         return ["" for _ in seqs]
 
 
-def bench_rollout(model, vocab: int, device, *, prompts: int, prompt_len: int, new_tokens: int) -> dict:
+def rollout_prompts(vocab: int, prompts: int, prompt_len: int) -> list[list[int]]:
+    """The rollout benches' prompts: random ids (no special ones), the same for both engines."""
     rng = np.random.default_rng(2)
-    ids = [rng.integers(0, vocab - 3, size=prompt_len).tolist() for _ in range(prompts)]
+    return [rng.integers(0, vocab - 3, size=prompt_len).tolist() for _ in range(prompts)]
+
+
+def bench_rollout(model, vocab: int, device, *, prompts: int, prompt_len: int, new_tokens: int) -> dict:
+    ids = rollout_prompts(vocab, prompts, prompt_len)
     tok: Any = _IdsOnlyTokenizer(vocab)
     HFRollout(model, tok, max_new_tokens=4, batch_size=prompts).generate(ids, 1)  # warm-up
     ro = HFRollout(model, tok, max_new_tokens=new_tokens, temperature=1.0, batch_size=prompts)
@@ -244,8 +249,7 @@ def bench_vllm(model, vocab: int, device, *, prompts: int, prompt_len: int, new_
 
     from rlkd.rollout import VLLMRollout
 
-    rng = np.random.default_rng(2)
-    ids = [rng.integers(0, vocab - 3, size=prompt_len).tolist() for _ in range(prompts)]
+    ids = rollout_prompts(vocab, prompts, prompt_len)
     with tempfile.TemporaryDirectory() as tmp:
         path = save_for_vllm(model, vocab, Path(tmp))
         t0 = time.perf_counter()

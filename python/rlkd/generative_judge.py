@@ -29,7 +29,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from rlkd.judge import JudgeError, SingleTokenJudge, check_rows
+from rlkd.judge import JudgeError, SingleTokenJudge, check_rows, gated_rows, no_gate_reasons
 
 __all__ = ["GENERATIVE_SUFFIX", "GenerativeJudge", "GenerativeVerdicts", "generative_template", "parse_verdict"]
 
@@ -82,7 +82,7 @@ class GenerativeVerdicts:
         if self.gated is None:
             object.__setattr__(self, "gated", np.zeros(len(self.reward), dtype=bool))
         if self.gate_reason is None:
-            object.__setattr__(self, "gate_reason", np.array([None] * len(self.reward), dtype=object))
+            object.__setattr__(self, "gate_reason", no_gate_reasons(len(self.reward)))
 
     @property
     def abstain_rate(self) -> float:
@@ -160,7 +160,7 @@ class GenerativeJudge(SingleTokenJudge):
         start = time.perf_counter()
         n = check_rows(questions, responses, references, needs_reference=self.needs_reference)
         gate_reason = self.gate_reasons(responses)
-        gated = np.array([r is not None for r in gate_reason], dtype=bool)
+        gated = gated_rows(gate_reason)
         keep = np.flatnonzero(~gated)
         pick = lambda xs: None if xs is None else [xs[i] for i in keep]  # noqa: E731
         reward = np.zeros(n, dtype=np.float32)  # gated rows: 0.0, not decoded

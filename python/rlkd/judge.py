@@ -58,6 +58,16 @@ CHAT_CONTROL_TEXTS = (
 GATE_NO_ANSWER = "no_answer"
 GATE_CONTROL_TEXT = "control_text"
 
+
+def no_gate_reasons(n: int) -> np.ndarray:
+    """[n] object: no row gated (the shape :meth:`SingleTokenJudge.gate_reasons` returns)."""
+    return np.array([None] * n, dtype=object)
+
+
+def gated_rows(reasons: np.ndarray) -> np.ndarray:
+    """[n] bool: the rows a gate reason withholds the reward from."""
+    return np.array([r is not None for r in reasons], dtype=bool)
+
 _SENTINELS = {
     "question": "\u27e6RLKD-QUESTION\u27e7",
     "response": "\u27e6RLKD-RESPONSE\u27e7",
@@ -96,7 +106,7 @@ class JudgeScores:
         if self.gated is None:
             object.__setattr__(self, "gated", np.zeros(len(self.reward), dtype=bool))
         if self.gate_reason is None:
-            object.__setattr__(self, "gate_reason", np.array([None] * len(self.reward), dtype=object))
+            object.__setattr__(self, "gate_reason", no_gate_reasons(len(self.reward)))
 
     @property
     def abstain_rate(self) -> float:
@@ -216,14 +226,14 @@ class SingleTokenJudge:
 
     def gate(self, responses: Sequence[str]) -> np.ndarray:
         """[n] bool: True where the answer gate withholds the reward (see :meth:`gate_reasons`)."""
-        return np.array([r is not None for r in self.gate_reasons(responses)], dtype=bool)
+        return gated_rows(self.gate_reasons(responses))
 
     def gate_reasons(self, responses: Sequence[str]) -> np.ndarray:
         """[n] object: why the answer gate pays 0.0 without a forward pass, None where it scores.
 
         ``control_text``: the response holds a chat-control token's text; ``no_answer``: strict
         extraction finds no final answer (the verifiable reward's no_answer rule)."""
-        reasons = np.array([None] * len(responses), dtype=object)
+        reasons = no_gate_reasons(len(responses))
         if not self.answer_gate or not len(responses):
             return reasons
         for i, answer in enumerate(_core.extract_answers(list(responses), strict=True)):
@@ -278,7 +288,7 @@ class SingleTokenJudge:
     ) -> JudgeScores:
         n = check_rows(questions, responses, references, needs_reference=self.needs_reference)
         gate_reason = self.gate_reasons(responses)
-        gated = np.array([r is not None for r in gate_reason], dtype=bool)
+        gated = gated_rows(gate_reason)
         keep = np.flatnonzero(~gated)
         pick = lambda xs: None if xs is None else [xs[i] for i in keep]  # noqa: E731
         batches = self.pack(pick(questions), pick(responses), pick(references)) if len(keep) else []

@@ -267,7 +267,8 @@ def _float_or_none(x: float) -> float | None:
 def _reason(cols: dict[str, np.ndarray], i: int, threshold: float) -> str | None:
     if "gated" in cols and bool(cols["gated"][i]):
         why = cols["gate_reason"][i] if "gate_reason" in cols else None
-        return {"control_text": "gated: chat-control text"}.get(str(why), "gated: no final answer")
+        # rlkd.judge.GATE_CONTROL_TEXT (not imported: this module stays free of torch until a judge loads)
+        return "gated: chat-control text" if why == "control_text" else "gated: no final answer"
     if bool(cols["abstained"][i]):
         mass = float(cols["p_yes"][i]) + float(cols["p_no"][i])
         return f"abstained: P(Yes)+P(No) = {mass:.3f} < {threshold}"

@@ -61,7 +61,7 @@ from rlkd.data import PromptSampler, build_pools, share_of
 from rlkd.distributed import DistContext, NullLog
 from rlkd.distributed import init as init_distributed
 from rlkd.evaluate import EvalResult, cached_greedy_pass_at_1, eval_cache_key, greedy_pass_at_1
-from rlkd.judge import GATE_CONTROL_TEXT, JudgeScores, SingleTokenJudge, TeacherReferences
+from rlkd.judge import GATE_CONTROL_TEXT, JudgeScores, SingleTokenJudge, TeacherReferences, no_gate_reasons
 from rlkd.monitor import HackingAlert, HackingMonitor, MonitorLimits
 from rlkd.metrics import auroc
 from rlkd.plots import plot_run
@@ -563,7 +563,7 @@ class Trainer:
         n = len(responses)
         nan = np.full(n, np.nan, dtype=np.float32)
         reward, p_yes, p_no, abstained = nan.copy(), np.zeros(n, np.float32), np.zeros(n, np.float32), np.ones(n, bool)
-        gated, gate_reason, truncated = np.zeros(n, bool), np.array([None] * n, dtype=object), 0
+        gated, gate_reason, truncated = np.zeros(n, bool), no_gate_reasons(n), 0
         if rows:
             part = self.judge.score([questions[i] for i in rows], [responses[i] for i in rows], [references[i] for i in rows])
             reward[rows], p_yes[rows], p_no[rows], abstained[rows] = part.reward, part.p_yes, part.p_no, part.abstained
@@ -610,8 +610,8 @@ class Trainer:
             # normalised over the samples that teach. With none on any rank the update is skipped;
             # the LR schedule still counts the step.
             keep = keep[advantages[keep] != 0]
-        no_signal = len(keep) == 0
-        if self.dist.sum(0 if no_signal else 1)[0] == 0:
+        trained = int(self.dist.sum(len(keep))[0])  # samples that teach, over every rank
+        if trained == 0:
             self.scheduler.step()
             return {"loss/total": float("nan"), "update/skipped": 1.0}, advantages
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
@@ -647,7 +647,7 @@ class Trainer:
         stats = {("loss/total" if k == "loss" else f"update/{k}"): v for k, v in stats.items()}
         stats = self.dist.mean_stats(stats, weight=float(batch.num_response_tokens))
         stats.update(ppo_stats)
-        stats["update/trained_samples"] = float(self.dist.sum(len(keep))[0])
+        stats["update/trained_samples"] = float(trained)
         return stats, advantages
 
     def _micro_batches(self, batch):
