@@ -3,7 +3,15 @@ import math
 import numpy as np
 import pytest
 
-from rlkd.metrics import accuracy_at, auroc, best_threshold, brier, expected_calibration_error, reliability_bins
+from rlkd.metrics import (
+    accuracy_at,
+    auroc,
+    best_threshold,
+    brier,
+    expected_calibration_error,
+    reliability_bins,
+    same_correctness_share,
+)
 
 
 def test_auroc_hand_computed():
@@ -44,3 +52,12 @@ def test_reliability_bins_and_ece():
     assert bins[1]["accuracy"] == pytest.approx(0.5) and bins[1]["mean_score"] == pytest.approx(0.9)
     # |0.1 - 0| * 2 + |0.9 - 0.5| * 2, over 4
     assert expected_calibration_error([0.05, 0.15, 0.95, 0.85], [0, 0, 1, 0], n_bins=2) == pytest.approx(0.25)
+
+
+def test_same_correctness_share_hand_computed():
+    # groups of 2: labeled all-wrong (|A| 0.2+0.2), labeled mixed (1+1), unlabeled (ignored: 5+5)
+    advantages = [0.2, -0.2, 1.0, -1.0, 5.0, -5.0]
+    labeled = [True, True, True, True, False, False]
+    correct = [False, False, True, False, False, False]
+    assert same_correctness_share(advantages, labeled, correct, 2) == pytest.approx(0.4 / 2.4)
+    assert math.isnan(same_correctness_share([0.0] * 6, labeled, correct, 2))

@@ -9,6 +9,7 @@ import torch
 
 from rlkd import models
 from rlkd.models import (
+    AdaptersOff,
     ModelSpecError,
     apply_lora,
     load_causal_lm,
@@ -151,6 +152,26 @@ def test_apply_lora(tiny_model_path: Path) -> None:
     model2, _ = load_causal_lm(str(tiny_model_path), dtype="float32")
     with pytest.raises(ValueError, match="not found.*q_proj"):
         apply_lora(model2, rank=4, alpha=8.0, target_modules=["query_key_value"])
+
+
+def test_adapters_off_is_the_model_lora_started_from(tiny_model_path: Path) -> None:
+    pytest.importorskip("peft")
+    model, _ = load_causal_lm(str(tiny_model_path), dtype="float32")
+    ids = torch.tensor([[1, 5, 9, 13, 2]])
+    with torch.no_grad():
+        before = model(input_ids=ids).logits.clone()
+        peft_model = apply_lora(model, rank=4, alpha=8.0, target_modules=["q_proj", "v_proj"])
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:  # a trained adapter (lora_B starts at 0: the policy would equal the base)
+                p.add_(0.5)
+        trained = peft_model(input_ids=ids).logits
+        reference = AdaptersOff(peft_model)
+        off = reference(input_ids=ids).logits
+        again = peft_model(input_ids=ids).logits
+    assert not torch.allclose(trained, before, atol=1e-3)
+    torch.testing.assert_close(off, before)
+    torch.testing.assert_close(again, trained)  # the adapters are back on after the reference's forward
+    assert list(reference.parameters()) == []
 
 
 def test_lora_trains_fp32_adapters_over_a_frozen_half_precision_base(tiny_model_path: Path) -> None:

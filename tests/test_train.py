@@ -46,7 +46,7 @@ def test_grpo_run_logs_finite_losses_and_every_metric(grpo_run):
     for m in steps:
         assert m.get("update/skipped") == 1.0 or np.isfinite(m["loss/total"])  # skipped: no gradient, loss NaN
         for key in ("reward/total", "reward/vr", "reward/judge", "vr/accuracy", "judge/abstain_rate",
-                    "judge/vr_agreement", "adv/all_equal_group_rate", "response/length_mean",
+                    "judge/vr_agreement", "adv/all_equal_group_rate", "adv/same_correctness_share", "response/length_mean",
                     "time/rollout_s", "time/teacher_s", "time/judge_s", "time/verify_s", "time/update_s",
                     *(() if m.get("update/skipped") else ("update/entropy",))):
             assert key in m, key

@@ -85,3 +85,19 @@ def expected_calibration_error(scores, labels, n_bins: int = 10) -> float:
     if total == 0:
         return float("nan")
     return float(sum(b["count"] * abs(b["mean_score"] - b["accuracy"]) for b in bins if b["count"]) / total)
+
+
+def same_correctness_share(advantages, labeled, correct, group_size: int) -> float:
+    """Share of the labeled groups' |advantage| that falls on groups whose responses are all
+    correct or all wrong (groups of ``group_size`` consecutive samples).
+
+    In such a group the verifier sees no difference, so whatever advantage it carries comes from
+    the judge's (or reranker's) ranking alone: a high share means the update mostly follows the
+    judge's noise among equally right or wrong answers. NaN when no labeled group has any advantage.
+    """
+    a = np.abs(np.nan_to_num(np.asarray(advantages, dtype=np.float64))).reshape(-1, group_size).sum(axis=1)
+    lab = np.asarray(labeled, dtype=bool).reshape(-1, group_size).all(axis=1)
+    ok = np.asarray(correct, dtype=bool).reshape(-1, group_size)
+    same = lab & (ok.all(axis=1) | ~ok.any(axis=1))
+    total = a[lab].sum()
+    return float(a[same].sum() / total) if total > 0 else float("nan")

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EMBEDDED_PREFIX",
+    "AdaptersOff",
     "ModelSpecError",
     "apply_lora",
     "check_lora_targets",
@@ -491,3 +492,18 @@ def apply_lora(
         task_type=TaskType.CAUSAL_LM,
     )
     return get_peft_model(model, cfg)
+
+
+class AdaptersOff(torch.nn.Module):
+    """The frozen reference of a LoRA policy for the KL term: the same model with its adapters
+    switched off, i.e. the model LoRA started from (the SFT checkpoint), at no extra memory.
+    Call it under ``torch.no_grad()``; the policy is not registered as a submodule, so this wrapper
+    has no parameters of its own to train or save."""
+
+    def __init__(self, peft_model: Any) -> None:
+        super().__init__()
+        object.__setattr__(self, "peft_model", peft_model)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        with self.peft_model.disable_adapter():
+            return self.peft_model(*args, **kwargs)

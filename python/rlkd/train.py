@@ -63,9 +63,10 @@ from rlkd.distributed import init as init_distributed
 from rlkd.evaluate import EvalResult, cached_greedy_pass_at_1, eval_cache_key, greedy_pass_at_1
 from rlkd.judge import GATE_CONTROL_TEXT, JudgeScores, SingleTokenJudge, TeacherReferences, no_gate_reasons
 from rlkd.monitor import HackingAlert, HackingMonitor, MonitorLimits
-from rlkd.metrics import auroc
+from rlkd.metrics import auroc, same_correctness_share
 from rlkd.plots import plot_run
 from rlkd.models import (
+    AdaptersOff,
     apply_lora,
     enable_gradient_checkpointing,
     load_causal_lm,
@@ -188,7 +189,9 @@ class Trainer:
 
         a = cfg.algorithm
         self.ref_model = None
-        if a.kl_coef > 0:  # no reference model at all when the KL term is off
+        if a.kl_coef > 0 and m.lora_rank > 0:  # the reference is the policy with its adapters off: no copy
+            self.ref_model = AdaptersOff(self.policy)
+        elif a.kl_coef > 0:  # no reference model at all when the KL term is off
             self.ref_model = copy.deepcopy(self.policy).to(self.compute_dtype).eval().requires_grad_(False)
         self.value_head = None
         if a.name == "ppo":
@@ -713,6 +716,7 @@ class Trainer:
             "adv/min": float(np.min(advantages)),
             "adv/max": float(np.max(advantages)),
             "adv/all_equal_group_rate": float(np.mean(all_equal)),
+            "adv/same_correctness_share": same_correctness_share(advantages, lab, correct, G),
             "response/length_mean": float(lengths.mean()),
             "response/length_max": float(lengths.max()),
             "response/finished_rate": float(np.mean(ro.finished)),
