@@ -288,7 +288,8 @@ class AlgorithmSection:
     name: str = _opt("grpo", "`grpo` (mean/std group advantage), `dr_grpo` (mean only), `rloo` (leave-one-out), "
                      "`ppo` (value head + GAE, the paper's)", choices=("grpo", "dr_grpo", "rloo", "ppo"))
     clip_eps: float = _opt(0.2, "PPO-clip ratio range [1-ε, 1+ε]", gt=0, lt=1)
-    kl_coef: float = _opt(0.0, "coefficient of the KL to a frozen reference policy; 0 = no reference model loaded", ge=0)
+    kl_coef: float = _opt(0.0, "coefficient of the KL to a frozen reference policy (with LoRA: the policy with its "
+                          "adapters off, no copy); 0 = no reference model loaded", ge=0)
     kl_estimator: str = _opt("k3", "KL estimator: `k1` (log-ratio; ppo only, which puts the KL into the per-token "
                              "reward and needs it), `k2` (d²/2: its gradient is exactly ∇KL(π‖ref)) or `k3` (unbiased, "
                              "non-negative; its gradient is ∇KL(ref‖π)). grpo/dr_grpo/rloo add the KL as a loss term, "
