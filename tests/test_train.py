@@ -274,7 +274,7 @@ def test_an_empty_update_still_steps_the_lr_schedule(tmp_path, tiny_model_path):
     assert [m["lr"] for m in steps] == pytest.approx([lr * 2 / 4, lr * 3 / 4, lr * 4 / 4])
 
 
-def test_all_equal_groups_skip_the_update_and_leave_the_weights(tmp_path, tiny_model_path):
+def test_all_equal_groups_skip_the_update_and_leave_the_weights(tmp_path, tiny_model_path, recwarn):
     # One-token responses, no answer marker: every reward is no_answer (0), every group advantage is 0,
     # so there is no gradient; no forward/backward runs and AdamW's momentum does not move the weights.
     from rlkd.train import Trainer, prepare_run_dir
@@ -287,6 +287,7 @@ def test_all_equal_groups_skip_the_update_and_leave_the_weights(tmp_path, tiny_m
     trainer.run()
     assert [m["update/skipped"] for m in _steps(trainer.run_dir)] == [1.0, 1.0]
     assert all(torch.equal(a, b) for a, b in zip(before, trainer.policy.parameters()))
+    assert not [w for w in recwarn if "lr_scheduler.step()" in str(w.message)]  # a skipped update is no misuse
 
 
 def test_judge_only_run_reports_the_hacking_monitor(tmp_path, smollm2_path, capsys):

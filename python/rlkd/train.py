@@ -28,6 +28,7 @@ import random
 import shutil
 import sys
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -541,10 +542,10 @@ class Trainer:
         known = (verdicts != UNLABELED) & (verdicts != int(_core.Verdict.Unknown))
         correct = np.where(known, (verdicts == EQUAL).astype(np.float64), np.nan)
         r_raw = None if scores is None else scores.reward
-        out, warnings = self.monitor.observe(
+        out, alerts = self.monitor.observe(
             self.step + 1, questions, ro.response_text, ro.response_lengths, r_raw, None if scores is None else scores.abstained,
             known, correct == 1.0, None if scores is None else scores.gated)  # fmt: skip
-        for line in warnings if self.dist.is_main else ():
+        for line in alerts if self.dist.is_main else ():
             print(line, file=sys.stderr)
         if self.calibrator is not None and scores is not None:
             r_judge, calib = self.calibrator.step(r_raw, labeled, correct, scores.gated,
@@ -615,7 +616,9 @@ class Trainer:
             keep = keep[advantages[keep] != 0]
         trained = int(self.dist.sum(len(keep))[0])  # samples that teach, over every rank
         if trained == 0:
-            self.scheduler.step()
+            with warnings.catch_warnings():  # a skipped first update: torch would warn of a step before optimizer.step()
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+                self.scheduler.step()
             return {"loss/total": float("nan"), "update/skipped": 1.0}, advantages
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         # A rank with nothing to learn from still takes part in the gradient all-reduce: one sample, masked out.
