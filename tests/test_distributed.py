@@ -102,6 +102,24 @@ def test_two_ranks_train_the_same_policy_as_one_process(tmp_path, tiny_model_pat
 
 
 @pytest.mark.slow
+def test_ppo_on_two_ranks_trains_the_same_policy_and_value_head_as_one_process(tmp_path, tiny_model_path):
+    # PPO's value head is a second trainable module (its gradients must be averaged too) and its
+    # advantages are whitened over the batch (over both ranks' tokens, not each rank's own).
+    ppo = ("algorithm.name=ppo",)
+    one = _one_process(tmp_path / "one", tiny_model_path, *ppo)
+    two = _two_ranks(tmp_path / "two", tiny_model_path, *ppo)
+    _assert_same_run(two, one)
+    head = Path("checkpoints") / "step-000002" / "value_head" / "value_head.safetensors"
+    mine, theirs = load_file(two / head), load_file(one / head)
+    assert mine.keys() == theirs.keys() == {"linear.weight", "linear.bias"}
+    for key, tensor in theirs.items():
+        torch.testing.assert_close(mine[key], tensor, rtol=0, atol=1e-6)
+    first = load_file(one / str(head).replace("step-000002", "step-000001"))
+    assert float((first["linear.bias"] - theirs["linear.bias"]).abs().max()) > 1e-7, "the value head did not train"
+    assert _steps(one)[0]["ppo/returns_mean"] == pytest.approx(_steps(two)[0]["ppo/returns_mean"], abs=1e-6)
+
+
+@pytest.mark.slow
 def test_a_two_rank_run_resumes_on_one_rank(tmp_path, tiny_model_path, one_process):
     run = _two_ranks(tmp_path, tiny_model_path, "train.steps=1")
     _one_process(tmp_path, tiny_model_path, "train.steps=2", resume=run)
@@ -165,13 +183,3 @@ def test_one_process_context_is_the_identity():
     assert ctx.gather(values) is values and ctx.sum(2.0, 3.0) == [2.0, 3.0] and ctx.decide(True)
     counts = torch.tensor([4.0, 5.0])
     assert ctx.global_counts(counts) is counts
-
-
-def test_ppo_under_torchrun_is_a_config_error(tmp_path, tiny_model_path):
-    from rlkd.config import ConfigError, load_config
-    from rlkd.train import Trainer
-
-    cfg = load_config(TINY, [f"run.output_dir={json.dumps(str(tmp_path))}", "algorithm.name=ppo",
-                             f"model.name_or_path={json.dumps(str(tiny_model_path))}"])
-    with pytest.raises(ConfigError, match="ppo"):
-        Trainer(cfg, tmp_path, dist=DistContext(rank=0, world_size=2))
