@@ -854,6 +854,8 @@ def update_policy(
             sums["loss"] = sums.get("loss", 0.0) + step_loss
             weights["loss"] = weights.get("loss", 0.0) + 1.0
             norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm else float("inf"))
+            if hasattr(norm, "full_tensor"):  # FSDP2 (DTensor gradients): the norm over every rank's shards
+                norm = norm.full_tensor()
             if torch.isfinite(norm):
                 optimizer.step()
                 grad_norms.append(float(norm))

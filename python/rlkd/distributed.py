@@ -11,12 +11,17 @@ What a data-parallel step does (rlkd.train calls into this module and nothing el
 - `gather` puts every rank's per-sample results together in rank order, so the monitor, the
   calibrator, the reward mix, the metrics and samples.jsonl see the whole step exactly as one
   process would;
-- the update runs on the rank's own rows through DDP (`wrap`): gradients are averaged by DDP's
-  all-reduce, the loss divisors are the global counts / N (`global_counts`), and every rank runs
-  the same number of micro-batches (`pad_count`) so no collective waits for a rank that has none;
-- weights and optimizer state stay identical on every rank, so rank 0 alone writes metrics,
-  samples, plots and checkpoints (the single-process format), and the emergency checkpoint needs no
-  collective: a rank whose peer died can still save (no rank hangs).
+- the update runs on the rank's own rows through `wrap` (`train.data_parallel`): DDP by default
+  (`Replicated`; PPO's value head in the same DDP module), or FSDP2 `fully_shard` (`Sharded`);
+  gradients are averaged over ranks, the loss divisors are the global counts / N
+  (`global_counts`), PPO whitens its advantages over every rank's tokens (`sum_tensor`), and every
+  rank runs the same number of micro-batches (the trainer pads) so no collective waits for a rank
+  that has none;
+- DDP: weights and optimizer state stay identical on every rank, so rank 0 alone writes metrics,
+  samples, plots and checkpoints (the single-process format), and the emergency checkpoint needs
+  no collective: a rank whose peer died can still save (no rank hangs). FSDP2: checkpoints gather
+  the full state to rank 0 (the same single-process format); there is no emergency checkpoint
+  (the gather would hang on a dead peer), the last periodic one stands.
 
 Backend by device: NCCL on CUDA (each rank on `cuda:LOCAL_RANK`, so "cuda" in the config is the
 rank's own GPU), gloo on CPU. Without torchrun (no WORLD_SIZE, or 1) nothing is initialised and
@@ -298,6 +303,7 @@ class Sharded:
         if not layers:
             raise RuntimeError(f"train.data_parallel = fsdp2: {type(base).__name__} names no decoder layer classes "
                                "(_no_split_modules) to shard")
+        unit = type(layers[0]).__name__  # before fully_shard renames the class (FSDP<name>)
         mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
         for layer in layers:
             fully_shard(layer, mp_policy=mp)
@@ -305,6 +311,9 @@ class Sharded:
         if value_head is not None:  # called on the policy's hidden states, outside its forward: its own unit
             fully_shard(value_head, mp_policy=MixedPrecisionPolicy(reduce_dtype=torch.float32))
         self.module = policy
+        self.summary = (f"the policy sharded over {dist.get_world_size()} ranks ({len(layers)} "
+                        f"{unit} units + the root, compute in {param_dtype}, gradients reduced in "
+                        f"float32){' and the value head' if value_head is not None else ''}")
 
     def _parts(self, mirror: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module | None]:
         return (mirror.policy, mirror.value_head) if isinstance(mirror, PolicyAndValueHead) else (mirror, None)

@@ -57,7 +57,7 @@ from rlkd.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from rlkd.config import Config, ConfigError, config_to_toml, render_template
+from rlkd.config import Config, config_to_toml, render_template
 from rlkd.data import PromptSampler, build_pools, share_of
 from rlkd.distributed import DistContext, NullLog
 from rlkd.distributed import init as init_distributed
@@ -196,6 +196,8 @@ class Trainer:
         # DDP or FSDP2 under torchrun (train.data_parallel); before the optimizer: FSDP2 replaces the parameters.
         self.parallel = self.dist.wrap(self.policy, self.value_head, mode=cfg.train.data_parallel, param_dtype=self.compute_dtype)
         self.train_model = self.parallel.module  # what the update runs through
+        if self.parallel.sharded:
+            self._print(f"rlkd: FSDP2: {self.parallel.summary}")
         params = [p for p in self.policy.parameters() if p.requires_grad]
         if self.value_head is not None:
             params += list(self.value_head.parameters())
