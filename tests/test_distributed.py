@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.toml"
 FAIL_ON_RANK = ROOT / "tests" / "fixtures" / "distributed" / "fail_on_rank.py"
 VOLATILE = ("time/", "throughput/", "memory/")  # wall-clock and memory figures differ between any two runs
+FSDP2 = "train.data_parallel=fsdp2"
 HANG_GUARD_S = 900  # a job that has not ended by then hangs (the runs take well under a minute)
 
 
@@ -40,6 +41,8 @@ def _two_ranks(out: Path, model: Path, *overrides: str, resume: Path | None = No
     args = _args(out, model, *overrides) + (["--resume", str(resume)] if resume else [])
     done = _torchrun(["-m", "rlkd.cli", "train"], args)
     assert done.returncode == 0, done.stderr[-4000:]
+    if FSDP2 in overrides:  # it sharded (the runs would be equal without, too)
+        assert "rlkd: FSDP2: the policy sharded over 2 ranks (2 LlamaDecoderLayer units" in done.stdout, done.stdout[-2000:]
     return resume or _only_run(out)
 
 
@@ -67,7 +70,7 @@ def _others(m: dict) -> dict:
     return {k: v for k, v in m.items() if not isinstance(v, (int, float))}
 
 
-def _assert_same_run(got: Path, want: Path, step: int = 2) -> None:
+def _assert_same_run(got: Path, want: Path, step: int = 2, atol: float = 1e-6) -> None:
     """Same metrics at every step and the same policy at `step` (float tolerance: AdamW moves a
     weight by about lr = 1e-5 per step, 10x the tolerance)."""
     g, w = _steps(got), _steps(want)
@@ -79,7 +82,7 @@ def _assert_same_run(got: Path, want: Path, step: int = 2) -> None:
     mine, theirs = (load_file(r / "checkpoints" / name / "model.safetensors") for r in (got, want))
     assert mine.keys() == theirs.keys()
     for key, tensor in theirs.items():
-        torch.testing.assert_close(mine[key], tensor, rtol=0, atol=1e-6)
+        torch.testing.assert_close(mine[key], tensor, rtol=0, atol=atol)
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +102,24 @@ def test_two_ranks_train_the_same_policy_as_one_process(tmp_path, tiny_model_pat
     trained = load_file(two / "checkpoints" / "step-000002" / "model.safetensors")
     moved = max(float((trained[k].float() - base[k].float()).abs().max()) for k in base if k in trained)
     assert moved > 1e-6, "the policy did not move: the equivalence would be vacuous"
+
+
+@pytest.mark.slow
+def test_ppo_on_two_ranks_trains_the_same_policy_and_value_head_as_one_process(tmp_path, tiny_model_path):
+    # PPO's value head is a second trainable module (its gradients must be averaged too) and its
+    # advantages are whitened over the batch (over both ranks' tokens, not each rank's own).
+    ppo = ("algorithm.name=ppo",)
+    one = _one_process(tmp_path / "one", tiny_model_path, *ppo)
+    two = _two_ranks(tmp_path / "two", tiny_model_path, *ppo)
+    _assert_same_run(two, one)
+    head = Path("checkpoints") / "step-000002" / "value_head" / "value_head.safetensors"
+    mine, theirs = load_file(two / head), load_file(one / head)
+    assert mine.keys() == theirs.keys() == {"linear.weight", "linear.bias"}
+    for key, tensor in theirs.items():
+        torch.testing.assert_close(mine[key], tensor, rtol=0, atol=1e-6)
+    first = load_file(one / str(head).replace("step-000002", "step-000001"))
+    assert float((first["linear.bias"] - theirs["linear.bias"]).abs().max()) > 1e-7, "the value head did not train"
+    assert _steps(one)[0]["ppo/returns_mean"] == pytest.approx(_steps(two)[0]["ppo/returns_mean"], abs=1e-6)
 
 
 @pytest.mark.slow
@@ -126,6 +147,60 @@ def test_a_failing_rank_stops_the_job_with_its_error_and_a_checkpoint(tmp_path, 
     assert "simulated failure on rank 1 in step 2" in done.stderr
     state = json.loads((_only_run(tmp_path) / "checkpoints" / "step-000001" / "trainer_state.json").read_text())
     assert state["step"] == 1
+
+
+@pytest.mark.slow
+def test_fsdp2_on_two_ranks_trains_the_same_policy_as_one_process(tmp_path, tiny_model_path, one_process):
+    # Sharded parameters, reduce-scattered gradients, a clip norm over DTensor shards, and
+    # checkpoints and rollout syncs that gather the full state: the run must still be the
+    # one-process run, and its checkpoint the single-process format.
+    two = _two_ranks(tmp_path, tiny_model_path, FSDP2)
+    _assert_same_run(two, one_process)
+    saved = torch.load(two / "checkpoints" / "step-000002" / "training_state.pt", weights_only=True)["optimizer"]
+    mine = torch.load(one_process / "checkpoints" / "step-000002" / "training_state.pt", weights_only=True)["optimizer"]
+    assert saved["state"].keys() == mine["state"].keys() and saved["param_groups"] == mine["param_groups"]
+    for index, state in mine["state"].items():
+        for key, value in state.items():
+            torch.testing.assert_close(saved["state"][index][key], value, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.slow
+def test_a_two_rank_fsdp2_run_resumes_on_one_rank(tmp_path, tiny_model_path, one_process):
+    run = _two_ranks(tmp_path, tiny_model_path, FSDP2, "train.steps=1")
+    _one_process(tmp_path, tiny_model_path, FSDP2, "train.steps=2", resume=run)
+    _assert_same_run(run, one_process)
+
+
+@pytest.mark.slow
+def test_fsdp2_with_lora_and_ppo_on_two_ranks_matches_one_process(tmp_path, tiny_model_path):
+    # LoRA: frozen base weights and trainable adapters in one sharded layer, the adapters merged
+    # into the rollout model from the gathered state; PPO: the value head as its own sharded unit.
+    lora = ("model.lora_rank=4", "model.lora_alpha=8", "algorithm.name=ppo", "optim.lr=1e-3")
+    one = _one_process(tmp_path / "one", tiny_model_path, *lora)
+    two = _two_ranks(tmp_path / "two", tiny_model_path, *lora, FSDP2)
+    _assert_same_run(two, one)
+    adapter = Path("checkpoints") / "step-000002" / "adapter" / "adapter_model.safetensors"
+    head = Path("checkpoints") / "step-000002" / "value_head" / "value_head.safetensors"
+    for name in (adapter, head):
+        mine, theirs = load_file(two / name), load_file(one / name)
+        assert mine.keys() == theirs.keys()
+        for key, tensor in theirs.items():
+            torch.testing.assert_close(mine[key], tensor, rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_failing_rank_under_fsdp2_stops_the_job_without_a_hang(tmp_path, tiny_model_path):
+    # No emergency checkpoint (the full state is a gather a dead peer would hang): the job ends
+    # with rank 1's error, says so, and the periodic checkpoint of step 1 stands.
+    args = _args(tmp_path, tiny_model_path, "train.steps=3", "train.checkpoint_every=1", FSDP2)
+    done = _torchrun([str(FAIL_ON_RANK), "1", "2"], args)
+    assert done.returncode != 0
+    assert "simulated failure on rank 1 in step 2" in done.stderr
+    assert "no emergency checkpoint with train.data_parallel = fsdp2" in done.stderr
+    assert "the last periodic checkpoint stands: step 1" in done.stderr
+    run = _only_run(tmp_path)
+    assert json.loads((run / "checkpoints" / "step-000001" / "trainer_state.json").read_text())["step"] == 1
+    assert not (run / "checkpoints" / "step-000002").exists()
 
 
 # ---- pieces, in one process -------------------------------------------------------------------
@@ -165,13 +240,3 @@ def test_one_process_context_is_the_identity():
     assert ctx.gather(values) is values and ctx.sum(2.0, 3.0) == [2.0, 3.0] and ctx.decide(True)
     counts = torch.tensor([4.0, 5.0])
     assert ctx.global_counts(counts) is counts
-
-
-def test_ppo_under_torchrun_is_a_config_error(tmp_path, tiny_model_path):
-    from rlkd.config import ConfigError, load_config
-    from rlkd.train import Trainer
-
-    cfg = load_config(TINY, [f"run.output_dir={json.dumps(str(tmp_path))}", "algorithm.name=ppo",
-                             f"model.name_or_path={json.dumps(str(tiny_model_path))}"])
-    with pytest.raises(ConfigError, match="ppo"):
-        Trainer(cfg, tmp_path, dist=DistContext(rank=0, world_size=2))

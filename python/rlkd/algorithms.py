@@ -565,13 +565,17 @@ def value_loss(
     return 0.5 * masked_aggregate(per_token, mask.to(values.dtype), aggregation, denominator)
 
 
-def masked_whiten(x: Tensor, mask: Tensor, *, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+def masked_whiten(x: Tensor, mask: Tensor, *, shift_mean: bool = True, eps: float = 1e-8,
+                  reduce: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """(x - mean) / std over masked entries (population std); 0 off-mask. As TRL/ReFT whiten PPO
-    advantages over the batch."""
+    advantages over the batch. Data-parallel: ``reduce`` sums a tensor over every rank
+    (`rlkd.distributed.DistContext.sum_tensor`), so mean and std are those of the global batch."""
+    total = reduce or (lambda t: t)
     mask = mask.to(x.dtype)
-    n = mask.sum().clamp(min=1.0)
-    mean = (x * mask).sum() / n
-    var = (((x - mean) * mask) ** 2).sum() / n
+    sums = total(torch.stack([(x * mask).sum(), mask.sum()]))
+    n = sums[1].clamp(min=1.0)
+    mean = sums[0] / n
+    var = total((((x - mean) * mask) ** 2).sum()) / n
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean
@@ -627,12 +631,14 @@ def ppo_advantages(
     gamma: float = 1.0,
     lam: float = 0.95,
     whiten: bool = True,
+    reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[PolicyBatch, dict[str, float]]:
     """PPO advantages for a batch whose ``old_logprobs`` are filled: token rewards (score on the
     last token, ``-kl_coef * k1`` per token when ``ref_logprobs`` is given), GAE from
     ``rlkd._core.gae`` over the response tokens with ``values`` (``[B, T]``, from
     `ValueHead.token_values` at sampling time), optional whitening of the advantages over the
-    batch. Returns the batch with advantages / returns / old_values set, and stats."""
+    batch (over all ranks' batches with ``reduce``, see `masked_whiten`). Returns the batch with
+    advantages / returns / old_values set, and stats."""
     from rlkd import _core
 
     mask = batch.response_mask
@@ -647,7 +653,7 @@ def ppo_advantages(
     adv_flat, ret_flat = gae(rewards, response_to_flat(values, mask), lengths, float(gamma), float(lam))
     adv = flat_to_response(np.asarray(adv_flat), mask)
     if whiten:
-        adv = masked_whiten(adv, mask)
+        adv = masked_whiten(adv, mask, reduce=reduce)
     out = batch.replace(advantages=adv, returns=flat_to_response(np.asarray(ret_flat), mask), old_values=values.detach().float() * mask)
     stats["returns_mean"] = float(np.mean(ret_flat)) if len(ret_flat) else 0.0
     return out, stats
@@ -848,6 +854,8 @@ def update_policy(
             sums["loss"] = sums.get("loss", 0.0) + step_loss
             weights["loss"] = weights.get("loss", 0.0) + 1.0
             norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm else float("inf"))
+            if hasattr(norm, "full_tensor"):  # FSDP2 (DTensor gradients): the norm over every rank's shards
+                norm = norm.full_tensor()
             if torch.isfinite(norm):
                 optimizer.step()
                 grad_norms.append(float(norm))

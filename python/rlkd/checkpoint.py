@@ -43,6 +43,7 @@ __all__ = [
     "list_checkpoints",
     "load_training_state",
     "restore_policy",
+    "restore_value_head",
     "rng_state",
     "save_checkpoint",
     "set_rng_state",
@@ -312,16 +313,22 @@ def load_training_state(
             raise ValueError(f"{ckpt}: no scheduler state saved")
         scheduler.load_state_dict(blob["scheduler"])
     if value_head is not None:
-        path = ckpt / VALUE_HEAD_DIR / VALUE_HEAD_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"{ckpt}: no value head saved ({path})")
-        from safetensors.torch import load_file
-
-        device = next(value_head.parameters()).device
-        value_head.load_state_dict(load_file(str(path), device=str(device)))
+        restore_value_head(ckpt, value_head)
     if restore_rng:
         set_rng_state(blob["rng"])
     return json.loads((ckpt / TRAINER_STATE).read_text())
+
+
+def restore_value_head(ckpt_dir: str | os.PathLike[str], value_head: nn.Module) -> nn.Module:
+    """Load PPO's value head saved in ``ckpt_dir`` into ``value_head`` in place."""
+    path = Path(ckpt_dir) / VALUE_HEAD_DIR / VALUE_HEAD_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{ckpt_dir}: no value head saved ({path})")
+    from safetensors.torch import load_file
+
+    device = next(value_head.parameters()).device
+    value_head.load_state_dict(load_file(str(path), device=str(device)))
+    return value_head
 
 
 def restore_policy(ckpt_dir: str | os.PathLike[str], model: nn.Module) -> nn.Module:

@@ -332,6 +332,10 @@ class TrainSection:
     save_final: bool = _opt(True, "write a checkpoint after the last step")
     keep_checkpoints: int = _opt(2, "keep only the newest N checkpoints (each holds the fp32 policy and the "
                                  "AdamW state: ~7 GB for the 0.5B student); 0 = keep all", ge=0)
+    data_parallel: str = _opt("ddp", "under torchrun: `ddp` (every rank holds the whole policy and optimizer "
+                              "state) or `fsdp2` (each decoder layer sharded over the ranks with fully_shard; "
+                              "checkpoints gather the full state; no emergency checkpoint). One process: no effect "
+                              "(docs/distributed.md)", choices=("ddp", "fsdp2"))
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,17 @@ What a data-parallel step does (rlkd.train calls into this module and nothing el
 - `gather` puts every rank's per-sample results together in rank order, so the monitor, the
   calibrator, the reward mix, the metrics and samples.jsonl see the whole step exactly as one
   process would;
-- the update runs on the rank's own rows through DDP (`wrap`): gradients are averaged by DDP's
-  all-reduce, the loss divisors are the global counts / N (`global_counts`), and every rank runs
-  the same number of micro-batches (`pad_count`) so no collective waits for a rank that has none;
-- weights and optimizer state stay identical on every rank, so rank 0 alone writes metrics,
-  samples, plots and checkpoints (the single-process format), and the emergency checkpoint needs no
-  collective: a rank whose peer died can still save (no rank hangs).
+- the update runs on the rank's own rows through `wrap` (`train.data_parallel`): DDP by default
+  (`Replicated`; PPO's value head in the same DDP module), or FSDP2 `fully_shard` (`Sharded`);
+  gradients are averaged over ranks, the loss divisors are the global counts / N
+  (`global_counts`), PPO whitens its advantages over every rank's tokens (`sum_tensor`), and every
+  rank runs the same number of micro-batches (the trainer pads) so no collective waits for a rank
+  that has none;
+- DDP: weights and optimizer state stay identical on every rank, so rank 0 alone writes metrics,
+  samples, plots and checkpoints (the single-process format), and the emergency checkpoint needs
+  no collective: a rank whose peer died can still save (no rank hangs). FSDP2: checkpoints gather
+  the full state to rank 0 (the same single-process format); there is no emergency checkpoint
+  (the gather would hang on a dead peer), the last periodic one stands.
 
 Backend by device: NCCL on CUDA (each rank on `cuda:LOCAL_RANK`, so "cuda" in the config is the
 rank's own GPU), gloo on CPU. Without torchrun (no WORLD_SIZE, or 1) nothing is initialised and
@@ -25,6 +30,7 @@ every helper is the identity: a single-process run is exactly what it was.
 
 from __future__ import annotations
 
+import copy
 import datetime
 import os
 import signal
@@ -80,16 +86,34 @@ class DistContext:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()
 
-    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The module the update runs through: DDP over the policy (gradient all-reduce in fp32
-        over the fp32 master weights; autocast still computes in the config's dtype)."""
+    def wrap(self, policy: torch.nn.Module, value_head: torch.nn.Module | None = None, *, mode: str = "ddp",
+             param_dtype: torch.dtype = torch.float32) -> Replicated | Sharded:
+        """The policy (and PPO's value head) made data-parallel, `mode` = `train.data_parallel`:
+        `ddp` -> `Replicated` (DDP), `fsdp2` -> `Sharded` (fully_shard, in place: build the
+        optimizer after this). In one process: `Replicated` around the plain modules."""
         if not self.enabled:
-            return model
+            return Replicated(policy, policy, value_head)
+        if mode == "fsdp2":
+            return Sharded(policy, value_head, param_dtype)
         from torch.nn.parallel import DistributedDataParallel
 
-        device = next(model.parameters()).device
+        device = next(policy.parameters()).device
         ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=ids)
+        # PPO's value head joins the same DDP module: DDP's hooks sit on every parameter of the
+        # module, so the head's gradients are averaged with the policy's although the update calls
+        # the head outside the wrapper's forward (on the policy's hidden states).
+        module = policy if value_head is None else PolicyAndValueHead(policy, value_head)
+        return Replicated(DistributedDataParallel(module, device_ids=ids), policy, value_head)
+
+    def sum_tensor(self, t: torch.Tensor) -> torch.Tensor:
+        """`t` summed over ranks (in float64, returned in t's dtype); `t` itself in one process.
+        PPO's advantage whitening takes its mean and std over every rank's tokens through it
+        (`rlkd.algorithms.masked_whiten`'s `reduce`)."""
+        if not self.enabled:
+            return t
+        total = t.detach().to(device=self._device(), dtype=torch.float64)
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total.to(device=t.device, dtype=t.dtype)
 
     # -- collectives (each is the identity in a single process) ---------------------------------
 
@@ -161,7 +185,7 @@ class DistContext:
                 out[key] = max(vals)
             elif key.endswith(("loss", "loss/total")):
                 out[key] = float(np.mean(vals))
-            elif key.endswith(("clip_frac", "approx_kl", "ratio_mean", "entropy", "/kl")):
+            elif key.endswith(("clip_frac", "approx_kl", "ratio_mean", "entropy", "/kl", "returns_mean", "reward_kl")):
                 out[key] = float(sum(v * w for v, (_, w) in zip(vals, rows)) / total)
         return out
 
@@ -219,6 +243,199 @@ class DistContext:
         """Rank 0's decision (e.g. the time budget's stop) for every rank: ranks that decided
         apart would wait for each other forever."""
         return bool(self.broadcast(bool(flag)))
+
+
+@dataclass
+class FullState:
+    """What `rlkd.checkpoint.save_checkpoint` writes: a policy, an optimizer (anything with the
+    single-process `state_dict()`) and PPO's value head, each holding the full state."""
+
+    policy: torch.nn.Module
+    optimizer: Any
+    value_head: torch.nn.Module | None
+
+
+class Replicated:
+    """DDP (or one process): every rank holds the whole policy and optimizer state, so rank 0's
+    own objects are the full state and nothing needs gathering."""
+
+    sharded = False
+
+    def __init__(self, module: torch.nn.Module, policy: torch.nn.Module, value_head: torch.nn.Module | None) -> None:
+        self.module = module  # what the update runs through
+        self.policy, self.value_head = policy, value_head
+
+    @contextmanager
+    def full_policy(self):
+        """The policy with its full weights, for the rollout sync (every rank)."""
+        yield self.policy
+
+    @contextmanager
+    def full_state(self, optimizer):
+        """The `FullState` to checkpoint on rank 0; None on the other ranks."""
+        yield FullState(self.policy, optimizer, self.value_head) if _rank() == 0 else None
+
+    def loadable(self, optimizer):
+        """What `rlkd.checkpoint.load_training_state` loads the single-process optimizer state into."""
+        return optimizer
+
+
+class Sharded:
+    """FSDP2: every decoder layer (the model's `_no_split_modules` classes), then the whole policy,
+    sharded over the ranks with `fully_shard` (in place; parameters become DTensors) under a
+    `MixedPrecisionPolicy(param_dtype = the compute dtype, reduce_dtype = float32)`; PPO's value
+    head is its own fp32 unit. Checkpoints and the rollout sync gather the full state with
+    `torch.distributed.checkpoint.state_dict` into a copy of the module tree whose parameters live
+    on the meta device between uses (`_mirror`), so `save_checkpoint`, `hf_state_items` and the
+    peft merge see a plain model and the checkpoint is the single-process one. Every method is a
+    collective: every rank calls it, in the same order."""
+
+    sharded = True
+
+    def __init__(self, policy: torch.nn.Module, value_head: torch.nn.Module | None, param_dtype: torch.dtype) -> None:
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        self.root = policy if value_head is None else PolicyAndValueHead(policy, value_head)
+        self._mirror = _meta_copy(self.root)  # before sharding: the plain module tree
+        base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy  # peft: the HF model inside
+        layer_types = set(getattr(base, "_no_split_modules", None) or ())
+        layers = [m for m in policy.modules() if type(m).__name__ in layer_types]
+        if not layers:
+            raise RuntimeError(f"train.data_parallel = fsdp2: {type(base).__name__} names no decoder layer classes "
+                               "(_no_split_modules) to shard")
+        unit = type(layers[0]).__name__  # before fully_shard renames the class (FSDP<name>)
+        mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+        for layer in layers:
+            fully_shard(layer, mp_policy=mp)
+        fully_shard(policy, mp_policy=mp)
+        if value_head is not None:  # called on the policy's hidden states, outside its forward: its own unit
+            fully_shard(value_head, mp_policy=MixedPrecisionPolicy(reduce_dtype=torch.float32))
+        self.module = policy
+        self.summary = (f"the policy sharded over {dist.get_world_size()} ranks ({len(layers)} "
+                        f"{unit} units + the root, compute in {param_dtype}, gradients reduced in "
+                        f"float32){' and the value head' if value_head is not None else ''}")
+
+    def _parts(self, mirror: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+        return (mirror.policy, mirror.value_head) if isinstance(mirror, PolicyAndValueHead) else (mirror, None)
+
+    @contextmanager
+    def _filled(self, state: dict[str, torch.Tensor]):
+        self._mirror.load_state_dict(state, strict=True, assign=True)
+        policy, _ = self._parts(self._mirror)
+        if hasattr(policy, "tie_weights"):  # assign=True loads tied weights as two tensors
+            policy.tie_weights()
+        try:
+            yield self._mirror
+        finally:
+            for module in self._mirror.modules():  # drop the gathered tensors (buffers are small: kept)
+                for name, p in module._parameters.items():
+                    if p is not None:
+                        module._parameters[name] = torch.nn.Parameter(p.detach().to("meta"), requires_grad=p.requires_grad)
+
+    @contextmanager
+    def full_policy(self):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(self.root, options=StateDictOptions(full_state_dict=True))  # on every rank
+        with self._filled(state) as mirror:
+            yield self._parts(mirror)[0]
+
+    @contextmanager
+    def full_state(self, optimizer):
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)  # on rank 0 only, in CPU memory
+        model_state = get_model_state_dict(self.root, options=options)
+        optim_state = get_optimizer_state_dict(self.root, optimizer, options=options)
+        if _rank() != 0:
+            yield None
+            return
+        with self._filled(model_state) as mirror:
+            policy, value_head = self._parts(mirror)
+            yield FullState(policy, _SavedState(_by_index(optim_state, optimizer, self.root)), value_head)
+
+    def loadable(self, optimizer):
+        return _ShardedOptimizerLoader(self.root, optimizer)
+
+
+class _SavedState:
+    def __init__(self, state: dict[str, Any]) -> None:
+        self._state = state
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._state
+
+
+class _ShardedOptimizerLoader:
+    """`load_state_dict(single-process optimizer state)` for a sharded optimizer: keyed by
+    parameter name and scattered to the shards by `set_optimizer_state_dict`."""
+
+    def __init__(self, root: torch.nn.Module, optimizer) -> None:
+        self.root, self.optimizer = root, optimizer
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        names = _param_names(self.root)
+        fqns = [names[id(p)][0] for g in self.optimizer.param_groups for p in g["params"]]
+        by_name = {"state": {fqns[int(i)]: v for i, v in state["state"].items()},
+                   "param_groups": [{**g, "params": [fqns[int(i)] for i in g["params"]]} for g in state["param_groups"]]}
+        set_optimizer_state_dict(self.root, self.optimizer, by_name, options=StateDictOptions(full_state_dict=True))
+
+
+def _param_names(root: torch.nn.Module) -> dict[int, list[str]]:
+    """id(parameter) -> its names (a tied parameter has several)."""
+    names: dict[int, list[str]] = {}
+    for name, p in root.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    return names
+
+
+def _by_index(state: dict[str, Any], optimizer, root: torch.nn.Module) -> dict[str, Any]:
+    """A name-keyed optimizer state (`get_optimizer_state_dict`) in `optimizer.state_dict()`'s own
+    form: parameters numbered in param-group order, as one process saves it."""
+    names = _param_names(root)
+    out: dict[str, Any] = {"state": {}, "param_groups": []}
+    index = 0
+    for group, saved in zip(optimizer.param_groups, state["param_groups"]):
+        numbers = []
+        for p in group["params"]:
+            name = next((n for n in names[id(p)] if n in state["state"]), None)
+            if name is not None:
+                out["state"][index] = state["state"][name]
+            numbers.append(index)
+            index += 1
+        out["param_groups"].append({**saved, "params": numbers})
+    return out
+
+
+def _meta_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of `module` whose parameters are on the meta device (no memory; ties kept);
+    buffers are copied."""
+    memo: dict[int, Any] = {id(p): torch.nn.Parameter(p.detach().to("meta"), requires_grad=p.requires_grad)
+                            for p in module.parameters()}
+    return copy.deepcopy(module, memo)
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+class PolicyAndValueHead(torch.nn.Module):
+    """PPO's two trainable modules as one, for DDP: the forward is the policy's; the value head
+    is a submodule only so that DDP all-reduces its gradients too."""
+
+    def __init__(self, policy: torch.nn.Module, value_head: torch.nn.Module) -> None:
+        super().__init__()
+        self.policy = policy
+        self.value_head = value_head
+
+    def forward(self, *args, **kwargs):
+        return self.policy(*args, **kwargs)
 
 
 def _join(parts: list[Any]) -> Any:

@@ -53,11 +53,12 @@ from rlkd.checkpoint import (
     latest_checkpoint,
     load_training_state,
     restore_policy,
+    restore_value_head,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
-from rlkd.config import Config, ConfigError, config_to_toml, render_template
+from rlkd.config import Config, config_to_toml, render_template
 from rlkd.data import PromptSampler, build_pools, share_of
 from rlkd.distributed import DistContext, NullLog
 from rlkd.distributed import init as init_distributed
@@ -155,9 +156,6 @@ class Trainer:
         self.start_model_key = start_model_key
         self.interrupt_hook = interrupt_hook
         self.dist = dist or DistContext()
-        if self.dist.enabled and cfg.algorithm.name == "ppo":
-            raise ConfigError("algorithm.name = ppo: not supported under torchrun yet (its value head is not "
-                              "data-parallel); use grpo, dr_grpo or rloo, or one process")
         set_torch_threads(cfg.run.torch_threads)
         transformers.utils.logging.disable_progress_bar()  # ours shows the run; theirs would interleave
         seed_everything(cfg.run.seed)
@@ -197,13 +195,18 @@ class Trainer:
         self.value_head = None
         if a.name == "ppo":
             self.value_head = ValueHead(self.policy.config.hidden_size).to(m.device)
+        resume_from = self._restore_weights() if resume else None  # before the wrap: FSDP2 shards what it is given
 
+        # DDP or FSDP2 under torchrun (train.data_parallel); before the optimizer: FSDP2 replaces the parameters.
+        self.parallel = self.dist.wrap(self.policy, self.value_head, mode=cfg.train.data_parallel, param_dtype=self.compute_dtype)
+        self.train_model = self.parallel.module  # what the update runs through
+        if self.parallel.sharded:
+            self._print(f"rlkd: FSDP2: {self.parallel.summary}")
         params = [p for p in self.policy.parameters() if p.requires_grad]
         if self.value_head is not None:
             params += list(self.value_head.parameters())
         o = cfg.optim
         self.optimizer = build_optimizer(params, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas), eps=o.eps)
-        self.train_model = self.dist.wrap(self.policy)  # what the update runs through (DDP under torchrun)
         self.scheduler = build_scheduler(self.optimizer, schedule=o.schedule, warmup_steps=o.warmup_steps, total_steps=cfg.train.steps)
 
         self.judge = None
@@ -260,8 +263,8 @@ class Trainer:
         self.log = RunLog(run_dir, tensorboard=cfg.log.tensorboard, wandb=cfg.log.wandb,
                           wandb_project=cfg.log.wandb_project, run_name=cfg.run.name) if self.dist.is_main else NullLog()
         self.boundary = StepBoundary(0, self.sampler.state_dict(), rng_state(), self._calibration_state())
-        if resume:
-            self._resume()
+        if resume_from is not None:
+            self._resume(resume_from)
 
     @property
     def step(self) -> int:
@@ -322,13 +325,14 @@ class Trainer:
 
     def _sync_rollout_weights(self) -> None:
         """After an update the rollout engine must sample from the new policy."""
-        if hasattr(self.rollout, "sync_weights"):
-            self.rollout.sync_weights(self.policy)
-            return
-        target = self.rollout.model.state_dict()
-        with torch.no_grad():  # the hf rollout model is the plain model: LoRA deltas merged in
-            for name, tensor in hf_state_items(self.policy):
-                target[name].copy_(tensor)
+        with self.parallel.full_policy() as policy:  # FSDP2: gathered on every rank
+            if hasattr(self.rollout, "sync_weights"):
+                self.rollout.sync_weights(policy)
+                return
+            target = self.rollout.model.state_dict()
+            with torch.no_grad():  # the hf rollout model is the plain model: LoRA deltas merged in
+                for name, tensor in hf_state_items(policy):
+                    target[name].copy_(tensor)
 
     @contextmanager
     def _rollout_engine_asleep(self):
@@ -344,12 +348,19 @@ class Trainer:
         finally:
             engine.wake_up()
 
-    def _resume(self) -> None:
+    def _restore_weights(self) -> Path:
+        """The policy's (and value head's) weights from the latest checkpoint; returns it."""
         ckpt = latest_checkpoint(self.run_dir)
         if ckpt is None:
             raise FileNotFoundError(f"--resume {self.run_dir}: no checkpoint under {self.run_dir / 'checkpoints'}")
         restore_policy(ckpt, self.policy)
-        state = load_training_state(ckpt, optimizer=self.optimizer, scheduler=self.scheduler, value_head=self.value_head)
+        if self.value_head is not None:
+            restore_value_head(ckpt, self.value_head)
+        return ckpt
+
+    def _resume(self, ckpt: Path) -> None:
+        """The rest of the checkpoint's state (after `_restore_weights` and the optimizer's creation)."""
+        state = load_training_state(ckpt, optimizer=self.parallel.loadable(self.optimizer), scheduler=self.scheduler)
         self.sampler.load_state_dict(state["sampler"])
         if self.calibrator is not None and state.get("calibration"):
             self.calibrator.load_state_dict(state["calibration"])
@@ -437,6 +448,11 @@ class Trainer:
         so a dead peer cannot make it hang."""
         if not self.dist.is_main:
             print(f"rlkd: rank {self.dist.rank} stopped; rank 0 saves the checkpoint", file=sys.stderr)
+            return
+        if self.parallel.sharded:  # the full state is an all-gather, which a dead peer would hang
+            where = f"step {self._last_checkpoint_step}" if self._last_checkpoint_step >= 0 else "none"
+            print(f"rlkd: stopped; no emergency checkpoint with train.data_parallel = fsdp2 (gathering the sharded "
+                  f"state needs every rank alive); the last periodic checkpoint stands: {where}", file=sys.stderr)
             return
         if self._done is not None:
             if self._done:
@@ -635,10 +651,10 @@ class Trainer:
         ppo_stats: dict[str, float] = {}
         with self._autocast():
             if a.name == "ppo" or not on_policy:
-                batch, ppo_stats = self._fill_old_logprobs_and_advantages(batch, rewards[keep])
+                batch, ppo_stats = self._fill_old_logprobs_and_advantages(batch, np.nan_to_num(rewards[rows]))
                 if a.name == "ppo":
                     flat = batch.advantages.sum(dim=1) / batch.response_mask.sum(dim=1).clamp(min=1)
-                    advantages[keep] = flat.numpy()  # per-sample mean of its token advantages, for logs
+                    advantages[keep] = flat.numpy()[: len(keep)]  # per-sample mean of its token advantages, for logs
             stats = update_policy(
                 self.train_model, self.optimizer, self._micro_batches(batch),
                 scheduler=self.scheduler, epochs=a.epochs_per_batch, micro_batches_per_step=accum,
@@ -651,8 +667,8 @@ class Trainer:
                 count_reduce=self.dist.global_counts if self.dist.enabled else None,
             )
         stats = {("loss/total" if k == "loss" else f"update/{k}"): v for k, v in stats.items()}
-        stats = self.dist.mean_stats(stats, weight=float(batch.num_response_tokens))
         stats.update(ppo_stats)
+        stats = self.dist.mean_stats(stats, weight=float(batch.num_response_tokens))
         stats["update/trained_samples"] = float(trained)
         return stats, advantages
 
@@ -675,14 +691,19 @@ class Trainer:
         ref = torch.zeros_like(batch.old_logprobs) if (a.name == "ppo" and self.ref_model is not None) else None
         device = next(self.policy.parameters()).device
         start = 0
-        for mb in batch.split(a.micro_batch_size):  # the batch stays on the CPU; each micro-batch visits the device
-            rows, width = slice(start, start + len(mb)), mb.input_ids.shape[1]
+        # The batch stays on the CPU; each micro-batch visits the device. Under torchrun every rank
+        # runs as many (FSDP2 gathers the weights in each forward); the padding ones write nothing.
+        for mb in self._micro_batches(batch):
+            rows, width, padding = slice(start, start + len(mb)), mb.input_ids.shape[1], start >= len(batch)
             mb = mb.to(device)
             logp, _, hidden = token_logprobs(self.policy, mb.input_ids, mb.attention_mask,
                                              temperature=self.cfg.rollout.temperature, return_hidden=self.value_head is not None)
+            v = self.value_head.token_values(hidden.float()) if self.value_head is not None else None
+            if padding:
+                continue
             old[rows, :width] = (logp * mb.response_mask).cpu()
-            if self.value_head is not None:
-                values[rows, :width] = self.value_head.token_values(hidden.float()).cpu()
+            if v is not None:
+                values[rows, :width] = v.cpu()
             if ref is not None:
                 ref_logp, _, _ = token_logprobs(self.ref_model, mb.input_ids, mb.attention_mask,
                                                 temperature=self.cfg.rollout.temperature)
@@ -691,7 +712,8 @@ class Trainer:
         batch = batch.replace(old_logprobs=old)
         if a.name != "ppo":
             return batch, {}
-        batch, stats = ppo_advantages(batch, scores, values, ref_logprobs=ref, kl_coef=a.kl_coef, gamma=a.gamma, lam=a.lam)
+        batch, stats = ppo_advantages(batch, scores, values, ref_logprobs=ref, kl_coef=a.kl_coef, gamma=a.gamma, lam=a.lam,
+                                      reduce=self.dist.sum_tensor)  # whitened over every rank's tokens
         return batch, {f"ppo/{k}": v for k, v in stats.items()}
 
     def _autocast(self):
@@ -799,17 +821,16 @@ class Trainer:
         if self._updating:
             raise RuntimeError("checkpoint requested mid-step: the weights are past the last finished step")
         b = self.boundary
-        if not self.dist.is_main:  # every rank holds the same state: rank 0 writes it
+        with self.parallel.full_state(self.optimizer) as full:  # FSDP2: a gather every rank takes part in
             self._last_checkpoint_step = b.step
-            return self.run_dir / "checkpoints"
-        path = save_checkpoint(
-            self.run_dir, b.step, model=self.policy, tokenizer=self.tokenizer, optimizer=self.optimizer,
-            scheduler=self.scheduler, value_head=self.value_head,
-            trainer_state={"step": b.step, "sampler": b.sampler, "calibration": b.calibration}, rng=b.rng,
-            keep_last=self.cfg.train.keep_checkpoints or None,
-        )
-        self._last_checkpoint_step = b.step
-        return path
+            if full is None:  # rank 0 writes the full state, in the single-process format
+                return self.run_dir / "checkpoints"
+            return save_checkpoint(
+                self.run_dir, b.step, model=full.policy, tokenizer=self.tokenizer, optimizer=full.optimizer,
+                scheduler=self.scheduler, value_head=full.value_head,
+                trainer_state={"step": b.step, "sampler": b.sampler, "calibration": b.calibration}, rng=b.rng,
+                keep_last=self.cfg.train.keep_checkpoints or None,
+            )
 
 
 def prepare_run_dir(cfg: Config) -> Path:
