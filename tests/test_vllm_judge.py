@@ -112,7 +112,8 @@ def _teacher_rows(teacher, tokenizer, cache: Path) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def llm_fp32(smollm2_path: Path):
     """A second engine in this process (as rollout.backend = judge.backend = "vllm" run), in fp32."""
-    engine = make_vllm_engine(str(smollm2_path), dtype="float32", seed=0, enable_prefix_caching=True, max_model_len=1024)
+    engine = make_vllm_engine(str(smollm2_path), dtype="float32", seed=0, enable_prefix_caching=True, max_model_len=1024,
+                              enforce_eager=True)
     yield engine
     del engine
     gc.collect()
@@ -143,8 +144,9 @@ def test_rlkd_train_with_the_vllm_judge(tmp_path: Path, smollm2_path: Path, roll
     and with vLLM rollouts (two engines in one process): two steps; every judged sample's r and
     P(Yes)+P(No) equal the HF judge's on the same rows, and the teacher's solutions (same engine)
     equal the HF teacher's."""
-    sets = ['judge.backend="vllm"', f'rollout.backend="{rollout_backend}"', "judge.abstain_threshold=0.0", 'judge.calibration="none"',
-            "judge.teacher_max_new_tokens=48", f"judge.reference_cache={json.dumps(str(tmp_path / 'teacher.jsonl'))}",
+    sets = ['judge.backend="vllm"', f'rollout.backend="{rollout_backend}"', "judge.abstain_threshold=0.0",
+            'judge.calibration="none"', "judge.teacher_max_new_tokens=48",
+            f"judge.reference_cache={json.dumps(str(tmp_path / 'teacher.jsonl'))}",
             "train.eval_every=0", f"run.output_dir={json.dumps(str(tmp_path / 'runs'))}"]  # fmt: skip
     cmd = [str(Path(sys.executable).parent / "rlkd-train"), str(ROOT / "configs" / "tiny.toml")]
     for item in sets:
@@ -159,7 +161,7 @@ def test_rlkd_train_with_the_vllm_judge(tmp_path: Path, smollm2_path: Path, roll
     judged = [s for s in samples if s["reference"] is not None]
     assert judged and all(s["judge"] is not None for s in judged)  # abstain_threshold 0: every judged row scores
 
-    cfg = load_config(ROOT / "configs" / "tiny.toml", ['judge.backend="hf"', "judge.teacher_max_new_tokens=48"])
+    cfg = load_config(ROOT / "configs" / "tiny.toml", [*sets[1:], 'judge.backend="hf"'])  # the run's judge, on HF
     hf_judge, hf_teacher = local_judge_from_config(cfg)
     assert isinstance(hf_judge, SingleTokenJudge) and not isinstance(hf_judge, VLLMJudge)
     a = hf_judge.score([s["question"] for s in judged], [s["response"] for s in judged], [s["reference"] for s in judged])
@@ -170,7 +172,7 @@ def test_rlkd_train_with_the_vllm_judge(tmp_path: Path, smollm2_path: Path, roll
     vl = {r["question"]: r for r in map(json.loads, (tmp_path / "teacher.jsonl").read_text().splitlines())}
     m = cfg.model
     TeacherReferences(hf_teacher, hf_judge.tokenizer, tmp_path / "hf_teacher.jsonl", system_prompt=m.system_prompt,
-                      user_template=m.user_template).get(list(vl))
+                      user_template=m.user_template, template_kwargs=dict(cfg.judge.teacher_template_kwargs)).get(list(vl))
     hf = {r["question"]: r for r in map(json.loads, (tmp_path / "hf_teacher.jsonl").read_text().splitlines())}
     assert vl and {q: (r["solution"], r["finished"], r["reference"]) for q, r in vl.items()} == {
         q: (r["solution"], r["finished"], r["reference"]) for q, r in hf.items()}

@@ -465,8 +465,8 @@ def local_judge_from_config(cfg):
     # Room for one judge prompt and its verdict token, or for a teacher's prompt and answer (a
     # student-style prompt: shorter than a judge prompt, which holds the question and a response).
     max_model_len = j.max_len + (j.teacher_max_new_tokens if needs_reference else 1)
-    llm = make_vllm_engine(resolve_model(j.name_or_path), dtype=str(resolve_dtype(j.dtype, j.device)).removeprefix("torch."),
-                           seed=cfg.run.seed, enable_prefix_caching=True, max_model_len=max_model_len,
+    dtype = str(resolve_dtype(j.dtype, j.device)).removeprefix("torch.")  # rlkd's `auto`, not vLLM's
+    llm = make_vllm_engine(resolve_model(j.name_or_path), dtype=dtype, seed=cfg.run.seed, enable_prefix_caching=True, max_model_len=max_model_len,
                            enforce_eager=True)  # compiling on CPU: ~90 s more start-up for a few % of speed
     judge = VLLMJudge(llm, **kwargs)
     return judge, VLLMSampler(llm, max_new_tokens=j.teacher_max_new_tokens) if needs_reference else None
