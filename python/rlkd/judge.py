@@ -458,7 +458,7 @@ def local_judge_from_config(cfg):
         model, tokenizer = load_causal_lm(j.name_or_path, dtype=j.dtype, device=j.device)
         judge = SingleTokenJudge(model, tokenizer, **kwargs)
         teacher = HFRollout(model, tokenizer, max_new_tokens=j.teacher_max_new_tokens, batch_size=cfg.rollout.batch_size)
-        return judge, teacher if judge.needs_reference else None
+        return judge, (teacher if judge.needs_reference else None)
     from rlkd.rollout import VLLMSampler, make_vllm_engine
 
     needs_reference = j.mode == "reference_guided"
@@ -466,7 +466,8 @@ def local_judge_from_config(cfg):
     # student-style prompt: shorter than a judge prompt, which holds the question and a response).
     max_model_len = j.max_len + (j.teacher_max_new_tokens if needs_reference else 1)
     dtype = str(resolve_dtype(j.dtype, j.device)).removeprefix("torch.")  # rlkd's `auto`, not vLLM's
-    llm = make_vllm_engine(resolve_model(j.name_or_path), dtype=dtype, seed=cfg.run.seed, enable_prefix_caching=True, max_model_len=max_model_len,
+    llm = make_vllm_engine(resolve_model(j.name_or_path), dtype=dtype, seed=cfg.run.seed, enable_prefix_caching=True,
+                           max_model_len=max_model_len,
                            enforce_eager=True)  # compiling on CPU: ~90 s more start-up for a few % of speed
     judge = VLLMJudge(llm, **kwargs)
-    return judge, VLLMSampler(llm, max_new_tokens=j.teacher_max_new_tokens) if needs_reference else None
+    return judge, (VLLMSampler(llm, max_new_tokens=j.teacher_max_new_tokens) if needs_reference else None)
