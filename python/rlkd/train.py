@@ -63,7 +63,7 @@ from rlkd.data import PromptSampler, build_pools, share_of
 from rlkd.distributed import DistContext, NullLog
 from rlkd.distributed import init as init_distributed
 from rlkd.evaluate import EvalResult, cached_greedy_pass_at_1, eval_cache_key, greedy_pass_at_1
-from rlkd.judge import GATE_CONTROL_TEXT, JudgeScores, SingleTokenJudge, TeacherReferences, no_gate_reasons
+from rlkd.judge import GATE_CONTROL_TEXT, JudgeScores, TeacherReferences, local_judge_from_config, no_gate_reasons
 from rlkd.monitor import HackingAlert, HackingMonitor, MonitorLimits
 from rlkd.metrics import auroc, same_correctness_share
 from rlkd.plots import plot_run
@@ -216,27 +216,13 @@ class Trainer:
             from rlkd.judge_client import remote_judge_from_config
 
             self.judge = remote_judge_from_config(cfg)
-        elif self.weights.judge > 0:
-            judge_model, judge_tok = load_causal_lm(j.name_or_path, dtype=j.dtype, device=j.device)
-            self.judge = SingleTokenJudge(
-                judge_model,
-                judge_tok,
-                template=j.template,
-                system_prompt=j.system_prompt or None,
-                yes_words=j.yes_words,
-                no_words=j.no_words,
-                abstain_threshold=j.abstain_threshold,
-                max_len=j.max_len,
-                max_tokens_per_batch=j.max_tokens_per_batch,
-                answer_gate=j.answer_gate,
-            )
-            if self.judge.needs_reference:
-                teacher = HFRollout(judge_model, judge_tok, max_new_tokens=j.teacher_max_new_tokens, temperature=1.0, top_p=1.0,
-                                    batch_size=cfg.rollout.batch_size)
+        elif self.weights.judge > 0:  # transformers or one vLLM engine (judge.backend)
+            self.judge, teacher = local_judge_from_config(cfg)
+            if teacher is not None:
                 cache = Path(j.reference_cache) if j.reference_cache else teacher_cache_path(cfg)
                 self._new_references = lambda: TeacherReferences(  # noqa: E731 (re-read after rank 0 filled the cache)
-                    teacher, judge_tok, cache, system_prompt=m.system_prompt or None, user_template=m.user_template,
-                    template_kwargs=dict(j.teacher_template_kwargs))
+                    teacher, self.judge.tokenizer, cache, system_prompt=m.system_prompt or None,
+                    user_template=m.user_template, template_kwargs=dict(j.teacher_template_kwargs))
                 self.references = self._new_references()
         self.reranker = None
         if self.weights.rerank > 0:
@@ -868,8 +854,11 @@ def teacher_cache_path(cfg: Config) -> Path:
     from rlkd.weights import cache_dir
 
     j, m = cfg.judge, cfg.model
-    key = hashlib.sha256(json.dumps([j.name_or_path, j.dtype, m.system_prompt, m.user_template,
-                                     j.teacher_max_new_tokens, list(j.teacher_template_kwargs)]).encode()).hexdigest()[:16]
+    parts = [j.name_or_path, j.dtype, m.system_prompt, m.user_template, j.teacher_max_new_tokens,
+             list(j.teacher_template_kwargs)]
+    if j.backend != "hf":  # vLLM's greedy answers differ from transformers' by bf16 rounding (hf keeps its key)
+        parts.append(j.backend)
+    key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
     return cache_dir() / "teacher" / f"{key}.jsonl"
 
 
