@@ -187,6 +187,15 @@ class _LogprobRecorder:
         return torch.stack(self.steps, dim=1).cpu()
 
 
+def _check_sampling(max_new_tokens: int, temperature: float, top_p: float) -> None:
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0 (use greedy=True for argmax), got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+
+
 class HFRollout:
     """Batched sampling with transformers ``generate``.
 
@@ -207,12 +216,7 @@ class HFRollout:
         top_p: float = 1.0,
         batch_size: int | None = None,
     ) -> None:
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0 (use greedy=True for argmax), got {temperature}")
-        if not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        _check_sampling(max_new_tokens, temperature, top_p)
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
         self.model = model
@@ -513,15 +517,6 @@ def make_vllm_engine(model_path: str, *, enable_sleep_mode: bool = False, kv_cac
                   file=sys.stderr)  # fmt: skip
             enable_sleep_mode = False
     return vllm.LLM(model=model_path, tokenizer=model_path, enable_sleep_mode=enable_sleep_mode, **kwargs)
-
-
-def _check_sampling(max_new_tokens: int, temperature: float, top_p: float) -> None:
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0 (use greedy=True for argmax), got {temperature}")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
 
 
 class VLLMSampler:
