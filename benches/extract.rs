@@ -1,6 +1,8 @@
 //! Criterion bench of answer extraction (kernel 1): `cargo bench --bench extract`.
+//! The `hostile` group also runs verification (kernel 2) on adversarial inputs at two sizes.
 
-use _core::extract::{extract_answer, extract_answers};
+use _core::extract::{extract_answer, extract_answers, hostile_inputs};
+use _core::verify::verify;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::hint::black_box;
 
@@ -28,6 +30,20 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("extract_answers");
     group.throughput(Throughput::Elements(batch.len() as u64));
     group.bench_function("batch_4096", |b| b.iter(|| extract_answers(black_box(&batch), false)));
+    group.finish();
+
+    // Linearity on hostile inputs: the same throughput (bytes/s) at 100 kB and 400 kB.
+    let names = ["braces", "unbalanced_boxes", "parens", "digit_groups", "dollars", "phrases", "unicode"];
+    let mut group = c.benchmark_group("hostile");
+    group.sample_size(10);
+    for n in [100_000, 400_000] {
+        for (name, text) in names.iter().zip(hostile_inputs(n)) {
+            group.throughput(Throughput::Bytes(text.len() as u64));
+            group.bench_function(format!("{name}_{}k", n / 1000), |b| {
+                b.iter(|| (extract_answer(black_box(&text), false), verify("1", black_box(&text)), verify(black_box(&text), black_box(&text))))
+            });
+        }
+    }
     group.finish();
 }
 

@@ -33,6 +33,9 @@
 //!   "answer", "is", "yes", "this", ...), with at least one of the former: `\boxed{correct}`,
 //!   `#### The answer is correct`, `$\text{Correct!}$`. LaTeX command names do not count as words.
 //!
+//! - A box that is not a value (empty, a verdict, unbalanced) is not one in a later rule either:
+//!   `The answer is \boxed{}.` and `#### \boxed{correct}` state no answer.
+//!
 //! A rule whose candidate is not a value tries its earlier candidates (at most
 //! [`MAX_REJECTED`] rejected ones, which keeps extraction linear), then the next rule.
 //!
@@ -68,7 +71,7 @@ pub fn extract(text: &str, strict: bool) -> Option<Extracted<'_>> {
     let found = |range: Option<(usize, usize)>, source| {
         range
             .map(|(a, b)| trim_answer(&text[a..b]))
-            .filter(|t| !t.is_empty() && !is_verdict(t))
+            .filter(|t| !t.is_empty() && !is_verdict(t) && (source == Source::Boxed || !holds_box(t)))
             .map(|text| Extracted { text, source })
     };
     if let Some(e) = found(last_boxed(text), Source::Boxed) {
@@ -209,6 +212,14 @@ pub fn looks_like_math(v: &str) -> bool {
     letters
 }
 
+/// Whether `v` holds a box command. Rules 2-4 run only when no box in the text was a value
+/// (empty, a verdict, unbalanced), so a later candidate holding one is that rejected box
+/// again: `The answer is \boxed{}.` states no answer.
+fn holds_box(v: &str) -> bool {
+    let bytes = v.as_bytes();
+    memchr::memmem::find(bytes, b"\\boxed").is_some() || memchr::memmem::find(bytes, b"\\fbox").is_some()
+}
+
 /// Positions where `needle` (ASCII) occurs, case-sensitive, in one pass.
 fn find_all<'a>(hay: &'a [u8], needle: &'a [u8]) -> impl Iterator<Item = usize> + 'a {
     memchr::memmem::find_iter(hay, needle)
@@ -317,7 +328,7 @@ fn last_phrase(text: &str) -> Option<(usize, usize)> {
     let mut consider = |marker: usize, value_start: usize| {
         let (a, b) = phrase_value(bytes, value_start);
         let value = &text[a..b];
-        let ok = b > a && looks_like_math(value) && !is_verdict(trim_answer(value));
+        let ok = b > a && looks_like_math(value) && !is_verdict(trim_answer(value)) && !holds_box(value);
         if ok && best.is_none_or(|(m, _, _)| marker > m) {
             best = Some((marker, a, b));
         }
@@ -497,6 +508,21 @@ fn last_number(text: &str) -> Option<(usize, usize)> {
     Some((start, end))
 }
 
+/// Adversarial inputs of about `n` bytes (deep or unbalanced nesting, separators, delimiters,
+/// phrases, multi-byte text) that a quadratic rule would choke on; shared by the tests and the
+/// `hostile_*` benches that show extraction and verification stay linear.
+pub fn hostile_inputs(n: usize) -> [String; 7] {
+    [
+        "{".repeat(n),
+        r"\boxed{".repeat(n / 7),
+        "(".repeat(n / 2) + "1" + &")".repeat(n / 2),
+        "1,".repeat(n / 2),
+        "$".repeat(n),
+        "Answer: ".repeat(n / 8),
+        "😀é".repeat(n / 6),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -587,6 +613,21 @@ mod tests {
         // Non-strict: a rejected phrase falls through to the number / math fallbacks.
         assert_eq!(ex("I got 12 apples. The answer is correct."), Some("12"));
         assert_eq!(ex("The answer is correct."), None);
+    }
+
+    #[test]
+    fn a_rejected_box_is_not_an_answer_in_a_later_rule() {
+        for text in [r"The answer is \boxed{}.", r"the answer is: within \boxed{}", r"The answer is $\boxed{}$",
+                     r"#### \boxed{ }", r"The answer is \boxed{correct}", r"Answer: \fbox{}"] {
+            assert_eq!(st(text), None, "{text}");
+            assert_eq!(ex(text), None, "{text}");
+        }
+        // An unbalanced (cut-off) box is no answer either; non-strict still reads its number.
+        assert_eq!(st(r"The answer is \boxed{5"), None);
+        assert_eq!(ex(r"The answer is \boxed{5"), Some("5"));
+        // A valid box elsewhere still wins, and prose around an empty box keeps its own value.
+        assert_eq!(st(r"Put it in \boxed{}. The answer is 7."), Some("7"));
+        assert_eq!(st(r"\boxed{} then \boxed{3}"), Some("3"));
     }
 
     #[test]

@@ -1431,12 +1431,12 @@ mod tests {
 }
 
 /// Deterministic fuzzing: extraction and verification on generated inputs must never panic
-/// and each call must stay under 1 ms (`cargo test --release`; the debug build runs fewer).
+/// (`cargo test --release`; the debug build runs fewer). Speed on hostile inputs is measured by
+/// `cargo bench --bench extract` (the `hostile_*` rows), not asserted here.
 #[cfg(test)]
 mod fuzz {
     use super::*;
-    use crate::extract::extract_answer;
-    use std::time::{Duration, Instant};
+    use crate::extract::{extract_answer, hostile_inputs};
 
     /// xorshift64*: tiny, deterministic, good enough to mix inputs.
     struct Rng(u64);
@@ -1493,89 +1493,30 @@ mod fuzz {
         }
     }
 
-    /// Time of `f`; a run over `recheck` is re-measured (minimum of 5, after short pauses) so
-    /// that a scheduler preemption on a shared machine is not mistaken for a slow input.
-    fn timed(recheck: Duration, mut f: impl FnMut()) -> Duration {
-        let once = |f: &mut dyn FnMut()| {
-            let t = Instant::now();
-            f();
-            t.elapsed()
-        };
-        let first = once(&mut f);
-        if first <= recheck {
-            return first;
-        }
-        (0..5)
-            .map(|_| {
-                std::thread::sleep(Duration::from_millis(2)); // step out of a preemption burst
-                once(&mut f)
-            })
-            .min()
-            .unwrap_or(first)
-    }
-
     #[test]
-    fn a_million_generated_inputs_without_panic_each_under_1ms() {
+    fn a_million_generated_inputs_without_panic() {
         let n: usize = if cfg!(debug_assertions) { 20_000 } else { 1_000_000 };
-        let limit = Duration::from_millis(1);
-        let recheck = limit / 5;
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-        let mut worst = (Duration::ZERO, String::new());
         let mut verdicts = [0usize; 4];
         for _ in 0..n {
             let output = input(&mut rng);
             let gold = if rng.below(2) == 0 { token_soup(&mut rng) } else { (rng.below(1000)).to_string() };
             let strict = rng.below(2) == 0;
-            let t = timed(recheck, || {
-                let _ = std::hint::black_box(extract_answer(&output, strict));
-            });
-            let mut verdict = Verdict::Unknown;
-            let u = timed(recheck, || verdict = verify(&gold, &output));
-            verdicts[verdict as usize] += 1;
-            for (d, what) in [(t, &output), (u, &output)] {
-                if d > worst.0 {
-                    worst = (d, what.clone());
-                }
-            }
+            let _ = std::hint::black_box(extract_answer(&output, strict));
+            verdicts[verify(&gold, &output) as usize] += 1;
         }
-        eprintln!("fuzz: {n} inputs (extract + verify each), worst call {:?}, verdicts {verdicts:?}", worst.0);
-        if let Ok(path) = std::env::var("RLKD_FUZZ_WORST") {
-            let _ = std::fs::write(path, &worst.1);
-        }
-        if !cfg!(debug_assertions) {
-            assert!(worst.0 < limit, "slowest call {:?} on {:?}", worst.0, worst.1.chars().take(200).collect::<String>());
-        }
+        // Every verdict kind occurs: the generator reaches all of verify's outcomes.
+        assert!(verdicts.iter().filter(|&&k| k > 0).count() >= 3, "verdicts {verdicts:?}");
     }
 
-    /// Linear, not a time limit: each pattern at 4x the size takes < 10x as long (quadratic: 16x),
-    /// each time the minimum of 5 runs, so that load on a shared machine cancels out.
+    /// Huge hostile inputs (400 kB) finish without panic or stack overflow; that they are linear
+    /// is measured by the `hostile_*` rows of `cargo bench --bench extract` (100 kB vs 400 kB).
     #[test]
-    fn huge_inputs_are_linear() {
-        let patterns: [fn(usize) -> String; 7] = [
-            |n| "{".repeat(n),
-            |n| r"\boxed{".repeat(n / 7),
-            |n| "(".repeat(n / 2) + "1" + &")".repeat(n / 2),
-            |n| "1,".repeat(n / 2),
-            |n| "$".repeat(n),
-            |n| "Answer: ".repeat(n / 8),
-            |n| "😀é".repeat(n / 6),
-        ];
-        let min_of_5 = |text: &str| {
-            (0..5)
-                .map(|_| {
-                    let t = Instant::now();
-                    let _ = std::hint::black_box(extract_answer(text, false));
-                    let _ = std::hint::black_box(verify("1", text));
-                    let _ = std::hint::black_box(verify(text, text));
-                    t.elapsed()
-                })
-                .min()
-                .unwrap_or_default()
-        };
-        for make in patterns {
-            let (small, large) = (make(100_000), make(400_000));
-            let (t1, t4) = (min_of_5(&small), min_of_5(&large));
-            assert!(t4 < t1 * 10 + Duration::from_millis(20), "{t4:?} on {} bytes vs {t1:?} on {} bytes", large.len(), small.len());
+    fn huge_hostile_inputs_do_not_panic() {
+        for text in hostile_inputs(400_000) {
+            let _ = std::hint::black_box(extract_answer(&text, false));
+            let _ = std::hint::black_box(verify("1", &text));
+            let _ = std::hint::black_box(verify(&text, &text));
         }
     }
 }
