@@ -108,7 +108,10 @@ def test_two_ranks_train_the_same_policy_as_one_process(tmp_path, tiny_model_pat
 def test_ppo_on_two_ranks_trains_the_same_policy_and_value_head_as_one_process(tmp_path, tiny_model_path):
     # PPO's value head is a second trainable module (its gradients must be averaged too) and its
     # advantages are whitened over the batch (over both ranks' tokens, not each rank's own).
-    ppo = ("algorithm.name=ppo",)
+    # Every prompt labeled: an unlabeled one has no teacher reference at 16 tokens, its judge
+    # abstains, and a rank with no reward would whiten nothing (checked: with whitening per
+    # rank this test then still passed; with both ranks rewarded, adv/min tells them apart).
+    ppo = ("algorithm.name=ppo", "data.labeled_fraction=1.0")
     one = _one_process(tmp_path / "one", tiny_model_path, *ppo)
     two = _two_ranks(tmp_path / "two", tiny_model_path, *ppo)
     _assert_same_run(two, one)
@@ -174,8 +177,9 @@ def test_a_two_rank_fsdp2_run_resumes_on_one_rank(tmp_path, tiny_model_path, one
 @pytest.mark.slow
 def test_fsdp2_with_lora_and_ppo_on_two_ranks_matches_one_process(tmp_path, tiny_model_path):
     # LoRA: frozen base weights and trainable adapters in one sharded layer, the adapters merged
-    # into the rollout model from the gathered state; PPO: the value head as its own sharded unit.
-    lora = ("model.lora_rank=4", "model.lora_alpha=8", "algorithm.name=ppo", "optim.lr=1e-3")
+    # into the rollout model from the gathered state; PPO: the value head as its own sharded unit
+    # (every prompt labeled so that both ranks whiten rewarded tokens, as in the DDP PPO test).
+    lora = ("model.lora_rank=4", "model.lora_alpha=8", "algorithm.name=ppo", "optim.lr=1e-3", "data.labeled_fraction=1.0")
     one = _one_process(tmp_path / "one", tiny_model_path, *lora)
     two = _two_ranks(tmp_path / "two", tiny_model_path, *lora, FSDP2)
     _assert_same_run(two, one)
