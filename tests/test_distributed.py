@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from rlkd.cli import train_main
 from rlkd.data import PromptSampler, build_pools, share_of
-from rlkd.distributed import DistContext, rollout_seed
+from rlkd.distributed import DistContext, rank_seed, rollout_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.toml"
@@ -140,6 +140,17 @@ def test_a_one_rank_run_resumes_on_two_ranks(tmp_path, tiny_model_path, one_proc
 
 
 @pytest.mark.slow
+def test_two_ranks_run_with_the_default_per_rank_seeding(tmp_path, tiny_model_path):
+    # The issue's command as a user runs it: `rollout.seed_per_prompt` at its default (false), so
+    # each rank samples its share from its own seed (this once crashed on a negative seed).
+    args = _args(tmp_path, tiny_model_path, "train.steps=1", "rollout.seed_per_prompt=false")  # the later --set wins
+    done = _torchrun(["-m", "rlkd.cli", "train"], args)
+    assert done.returncode == 0, done.stderr[-4000:]
+    samples = [json.loads(line) for line in (_only_run(tmp_path) / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 2 * 2  # prompts x G, both ranks' shares
+
+
+@pytest.mark.slow
 def test_a_failing_rank_stops_the_job_with_its_error_and_a_checkpoint(tmp_path, tiny_model_path):
     # Rank 1 raises at the start of step 2; rank 0 is then waiting for it in a collective. The
     # job must end (no hang), report rank 1's error, and leave step 1 saved by rank 0's emergency
@@ -235,6 +246,8 @@ def test_every_rank_draws_the_same_batch_and_state():
 def test_rollout_seeds_depend_on_seed_step_and_prompt_only():
     seeds = {rollout_seed(s, t, i) for s in range(3) for t in range(3) for i in range(3)}
     assert len(seeds) == 27 and rollout_seed(0, 1, 2) == rollout_seed(0, 1, 2)
+    shares = {rank_seed(s, t, r) for s in range(3) for t in range(3) for r in range(3)}
+    assert len(shares) == 27 and not shares & seeds and min(shares) >= 0
 
 
 def test_one_process_context_is_the_identity():

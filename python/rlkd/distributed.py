@@ -45,7 +45,7 @@ import torch.distributed as dist
 
 from rlkd.data import share_of
 
-__all__ = ["DistContext", "NullLog", "Terminated", "init", "rollout_seed"]
+__all__ = ["DistContext", "NullLog", "Terminated", "init", "rank_seed", "rollout_seed"]
 
 T = TypeVar("T")
 # Rank 0 may run the SFT warm-up or the teacher's references alone while the others wait at a
@@ -60,9 +60,16 @@ class Terminated(KeyboardInterrupt):
 
 
 def rollout_seed(seed: int, step: int, index: int) -> int:
-    """The torch seed of one prompt's group (or one rank's share): a function of the run's seed,
-    the step and the index alone, never of the number of ranks."""
+    """The torch seed of one prompt's group: a function of the run's seed, the step and the
+    prompt's global index alone, never of the number of ranks."""
     return int(np.random.SeedSequence([seed, step, index]).generate_state(1, np.uint64)[0] % (2**63))
+
+
+def rank_seed(seed: int, step: int, rank: int) -> int:
+    """The torch seed of one rank's whole share (`rollout.seed_per_prompt = false`): its own
+    stream (spawn key 1), so it never equals a prompt's `rollout_seed`."""
+    entropy = np.random.SeedSequence([seed, step, rank], spawn_key=(1,))
+    return int(entropy.generate_state(1, np.uint64)[0] % (2**63))
 
 
 @dataclass
@@ -203,7 +210,7 @@ class DistContext:
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
         if not per_prompt:
             with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(rollout_seed(seed, step, -1 - self.rank))
+                torch.manual_seed(rank_seed(seed, step, self.rank))
                 return rollout.generate(prompts, n)
         parts = []
         for i, prompt in enumerate(prompts):
