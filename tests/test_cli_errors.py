@@ -5,6 +5,7 @@ model is loaded."""
 from __future__ import annotations
 
 import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -92,3 +93,14 @@ def test_plot_and_judge_use_the_same_path(tmp_path: Path, data_file: Path) -> No
     judge_rows.write_text('{"question": "What is 2 + 2?", "response": "The answer is 4.", "answer": "#### 4"}\n')
     result = run("rlkd-judge", broken, "--data", judge_rows, "--out", tmp_path / "o")
     assert_user_error(result, "rlkd-judge", "config.json is corrupt")
+
+
+def test_a_library_error_names_the_rlkd_line_it_came_through(capsys) -> None:
+    # numpy's ValueError, raised inside a call from rlkd: the one line says where in rlkd.
+    from rlkd.cli_errors import run_cli
+    from rlkd.distributed import rollout_seed
+
+    assert run_cli("rlkd-train", lambda: rollout_seed(0, 0, -1)) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("rlkd-train: error: ValueError: ")
+    assert re.search(r" \(from rlkd/distributed\.py:\d+\)$", line), line
