@@ -236,6 +236,9 @@ ERROR_CASES = [
      ["judge.backend: 'vllm' loads the judge in this process, but judge.url = 'http://judge-host:8000'"]),
     ('[judge]\nbackend = "vllm"\ndevice = "cuda:1"\n', ["judge.backend: 'vllm' runs the judge on 'cpu' or 'cuda'"]),
     ('[judge]\nbackend = "vLLM"\n', ["judge.backend: unknown value 'vLLM'; valid: 'hf', 'vllm'"]),
+    ('[run]\ndevice = "cuda"\n[judge]\nbackend = "vllm"\nvllm_gpu_memory_utilization = 0.6\n[rollout]\nbackend = "vllm"\n',
+     ["judge.vllm_gpu_memory_utilization: the judge's and the rollout's vLLM engines share the GPU: 0.6 + "
+      "rollout.vllm_gpu_memory_utilization 0.4 = 1 > 0.95"]),
     ('[log]\nwandb = true\nwandb_project = ""\n', ["log.wandb_project: must not be empty"]),
 ]
 

@@ -172,6 +172,10 @@ class JudgeSection:
         "`make install-vllm`) for the single-token scores (`max_tokens=1`, the Yes/No ids' log-probs, prefix "
         "caching on, all rows in one call) and the teacher's greedy reference answers; same templates, gate and "
         "abstain rule. Not with `url`", choices=("hf", "vllm"))
+    vllm_gpu_memory_utilization: float = _opt(
+        0.3, "backend = vllm on CUDA: fraction of GPU memory the judge's engine may take (vLLM's own default, "
+        "0.9, leaves no room for the policy; with a vLLM rollout on the same GPU the two fractions add up); "
+        "no effect on CPU, where VLLM_CPU_KVCACHE_SPACE sizes the KV cache", gt=0, le=1)
     mode: str = _opt("reference_guided", "`reference_free` (the paper: question + response) or `reference_guided` "
                      "(the template also shows a reference answer)", choices=("reference_free", "reference_guided"))
     reference_source: str = _opt(
@@ -766,6 +770,11 @@ def _cross_checks(cfg: Config, where: _Locator) -> list[str]:
         if judge_device not in ("cpu", "cuda"):
             err("judge", "backend", f"'vllm' runs the judge on 'cpu' or 'cuda' (vLLM picks the GPU itself), but "
                 f"the judge is on {judge_device!r}")
+        both = j.vllm_gpu_memory_utilization + cfg.rollout.vllm_gpu_memory_utilization
+        if judge_device == "cuda" and cfg.rollout.backend == "vllm" and both > 0.95:
+            err("judge", "vllm_gpu_memory_utilization", f"the judge's and the rollout's vLLM engines share the GPU: "
+                f"{j.vllm_gpu_memory_utilization:g} + rollout.vllm_gpu_memory_utilization "
+                f"{cfg.rollout.vllm_gpu_memory_utilization:g} = {both:.3g} > 0.95 leaves the policy no memory")
     if j.max_tokens_per_batch < j.max_len:
         err("judge", "max_tokens_per_batch", f"must be ≥ judge.max_len ({j.max_len}) so one prompt fits, "
             f"got {j.max_tokens_per_batch}")

@@ -467,7 +467,7 @@ def local_judge_from_config(cfg):
     max_model_len = j.max_len + (j.teacher_max_new_tokens if needs_reference else 1)
     dtype = str(resolve_dtype(j.dtype, j.device)).removeprefix("torch.")  # rlkd's `auto`, not vLLM's
     llm = make_vllm_engine(resolve_model(j.name_or_path), dtype=dtype, seed=cfg.run.seed, enable_prefix_caching=True,
-                           max_model_len=max_model_len,
+                           max_model_len=max_model_len, gpu_memory_utilization=j.vllm_gpu_memory_utilization,
                            enforce_eager=True)  # compiling on CPU: ~90 s more start-up for a few % of speed
     judge = VLLMJudge(llm, **kwargs)
     return judge, (VLLMSampler(llm, max_new_tokens=j.teacher_max_new_tokens) if needs_reference else None)
