@@ -8,7 +8,9 @@ step/time budget and the held-out set are the config's):
     judge_only  λ=0,   μ=1     the judge alone, label-free rewards (the paper reports collapse)
 
 Runs go to OUT/<setting>-<timestamp>/; the command is resumable: a finished setting (its run has
-comparison.json) is skipped, an interrupted one resumes from its last checkpoint. At the end it
+comparison.json) is skipped, an interrupted one resumes from its last checkpoint. Each setting
+trains in its own `rlkd-train` process (`python -m rlkd.cli train`), so no run inherits the
+memory of the one before and a failing run reports through rlkd-train's own error path. At the end it
 writes OUT/ablation.md (pass@1 with 95% CI per setting, plus the SFT start) and OUT/ablation.png
 (held-out pass@1 against step for the three).
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -29,9 +32,12 @@ SETTINGS: dict[str, list[str]] = {
 }
 
 
+def setting_overrides(overrides: list[str], setting: str, out: Path) -> list[str]:
+    return [*overrides, *SETTINGS[setting], f"run.name={json.dumps(setting)}", f"run.output_dir={json.dumps(str(out))}"]
+
+
 def setting_config(config: Path, overrides: list[str], setting: str, out: Path) -> Config:
-    return load_config(config, [*overrides, *SETTINGS[setting], f"run.name={json.dumps(setting)}",
-                                f"run.output_dir={json.dumps(str(out))}"])
+    return load_config(config, setting_overrides(overrides, setting, out))
 
 
 def _run_dir(out: Path, setting: str) -> Path | None:
@@ -95,21 +101,25 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     settings = args.only or list(SETTINGS)
     try:
-        configs = {s: setting_config(args.config, args.overrides, s, args.out) for s in settings}
+        for setting in settings:  # every setting's config is valid before the first run starts
+            setting_config(args.config, args.overrides, setting, args.out)
     except ConfigError as err:
         print(f"rlkd-ablate: {err}", file=sys.stderr)
         return 2
-    from rlkd.train import train
-
     args.out.mkdir(parents=True, exist_ok=True)
-    for setting, cfg in configs.items():
+    for setting in settings:
         run = _run_dir(args.out, setting)
         if run is not None and (run / "comparison.json").exists():
             print(f"rlkd-ablate: {setting}: done ({run})")
             continue
         resume = run if run is not None and (run / "checkpoints").is_dir() else None
         print(f"rlkd-ablate: {setting}: {'resuming ' + str(resume) if resume else 'starting'}")
-        train(cfg, resume_dir=resume)
+        sets = [a for item in setting_overrides(args.overrides, setting, args.out) for a in ("--set", item)]
+        cmd = [sys.executable, "-m", "rlkd.cli", "train", str(args.config), *sets] + (["--resume", str(resume)] if resume else [])
+        code = subprocess.run(cmd).returncode
+        if code != 0:
+            print(f"rlkd-ablate: {setting} stopped (rlkd-train exit {code}); the same command resumes it", file=sys.stderr)
+            return code
     table, png = write_report(args.out, settings)
     print(table.read_text())
     print(f"rlkd-ablate: table {table}" + (f", plot {png}" if png else ""))
