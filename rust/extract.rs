@@ -225,8 +225,41 @@ fn find_all<'a>(hay: &'a [u8], needle: &'a [u8]) -> impl Iterator<Item = usize> 
     memchr::memmem::find_iter(hay, needle)
 }
 
-/// Content range of the last balanced `\boxed{..}` / `\fbox{..}` (or `\boxed x`).
+/// Content range of the last balanced `\boxed{..}` / `\fbox{..}` (or `\boxed x`) that is a value.
 fn last_boxed(text: &str) -> Option<(usize, usize)> {
+    let mut last = None;
+    scan_boxes(text, |range| {
+        last = Some(range);
+        false
+    });
+    last
+}
+
+/// The boxed values on the line of the final box, in text order: `\boxed{16} or \boxed{18}` gives
+/// `["16", "18"]`, a lone final box `[it]`, no box `[]`. A box that contains the final one (`\boxed{\boxed{3}}`)
+/// is not another value. At most `limit` boxes.
+pub fn final_line_boxes(text: &str, limit: usize) -> Vec<&str> {
+    let mut found: Vec<(usize, usize)> = Vec::new();
+    scan_boxes(text, |(a, b)| {
+        let Some(&(last_a, _)) = found.first() else {
+            found.push((a, b));
+            return true;
+        };
+        if b > last_a {
+            return true; // a box around the final one
+        }
+        if text.as_bytes()[b..last_a].contains(&b'\n') {
+            return false; // an earlier line
+        }
+        found.push((a, b));
+        found.len() < limit
+    });
+    found.iter().rev().map(|&(a, b)| trim_answer(&text[a..b])).collect()
+}
+
+/// Visit the content ranges of the balanced boxes that are values, the last-starting first, until
+/// `visit` returns false (at most [`MAX_REJECTED`] boxes that are not values are passed over).
+fn scan_boxes(text: &str, mut visit: impl FnMut((usize, usize)) -> bool) {
     let bytes = text.as_bytes();
     // Candidate commands: (position of '{' or start of the brace-less token, is_braced).
     let mut candidates: Vec<(usize, bool)> = Vec::new();
@@ -249,7 +282,7 @@ fn last_boxed(text: &str) -> Option<(usize, usize)> {
         }
     }
     if candidates.is_empty() {
-        return None;
+        return;
     }
     candidates.sort_unstable();
     let is_candidate = |pos: usize| candidates.binary_search(&(pos, true)).is_ok();
@@ -287,15 +320,17 @@ fn last_boxed(text: &str) -> Option<(usize, usize)> {
         if let Some((a, b)) = range {
             let content = trim_answer(&text[a..b]);
             if !content.is_empty() && !is_verdict(content) {
-                return Some((a, b));
+                if !visit((a, b)) {
+                    return;
+                }
+                continue;
             }
             rejected += 1;
             if rejected >= MAX_REJECTED {
-                return None;
+                return;
             }
         }
     }
-    None
 }
 
 /// The rest of the line after the last `####`.

@@ -88,6 +88,14 @@ fn extract_answers(py: Python<'_>, texts: Vec<Bound<'_, PyString>>, strict: bool
     py.detach(|| crate::extract::extract_answers(&texts, strict))
 }
 
+/// For each response: does its final line box two or more different values (a hedge)?
+/// Releases the GIL (parallel when large).
+#[pyfunction]
+fn hedges(py: Python<'_>, texts: Vec<Bound<'_, PyString>>) -> Vec<bool> {
+    let texts = batch_texts(&texts);
+    py.detach(|| crate::verify::hedges_batch(&texts))
+}
+
 /// Canonical text of an answer (`\dfrac{6}{4}` -> `1.5`, `1,000` -> `1000`).
 #[pyfunction]
 fn normalize_answer(text: &Bound<'_, PyString>) -> PyResult<String> {
@@ -466,6 +474,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyVerdict>()?;
     m.add_function(wrap_pyfunction!(extract_answer, m)?)?;
     m.add_function(wrap_pyfunction!(extract_answers, m)?)?;
+    m.add_function(wrap_pyfunction!(hedges, m)?)?;
     m.add_function(wrap_pyfunction!(normalize_answer, m)?)?;
     m.add_function(wrap_pyfunction!(verify, m)?)?;
     m.add_function(wrap_pyfunction!(verify_batch, m)?)?;

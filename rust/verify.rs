@@ -41,7 +41,7 @@
 //! used whole, while the output always goes through answer extraction.
 //! Nothing here panics; recursion is bounded by [`MAX_DEPTH`] (deeper → `Unknown`).
 
-use crate::extract::{extract, extract_answer, trim_answer};
+use crate::extract::{extract, extract_answer, final_line_boxes, trim_answer, Source};
 use std::cmp::Ordering;
 use std::fmt;
 
@@ -62,19 +62,55 @@ const MAX_ELEMENTS: usize = 64;
 
 /// Verdict for one (gold, output) pair. `gold` first: see the module doc.
 pub fn verify(gold: &str, output: &str) -> Verdict {
-    let Some(pred_text) = extract(output, false).map(|e| e.text) else {
+    let Some(found) = extract(output, false) else {
         return Verdict::NoAnswer;
     };
     let Some(gold_text) = gold_answer(gold) else {
         return Verdict::Unknown;
     };
-    let pred = parse_answer(pred_text);
+    let pred = match found.source {
+        Source::Boxed => final_boxed_answer(output, found.text),
+        _ => parse_answer(found.text),
+    };
     let gold = parse_answer(gold_text);
     match (gold, pred) {
         (Some(g), Some(p)) => compare(&g, &p, 0),
         (_, None) => Verdict::NoAnswer,
         (None, _) => Verdict::Unknown,
     }
+}
+
+/// The answer of a response whose final answer is boxed: the last box, unless its line boxes
+/// a different value too. `\boxed{16} or \boxed{18}` hedges: its answer is the set {16, 18},
+/// which equals no single gold (as math-verify reads several answers) and a gold set of both;
+/// the same value boxed twice is that value.
+fn final_boxed_answer(output: &str, last: &str) -> Option<Value> {
+    let (last_value, values, differ) = final_line_values(output, last)?;
+    Some(if differ { Value::Set(values) } else { last_value })
+}
+
+/// The parsed boxes of the final line, the last box's value, and whether some box there is
+/// surely a different value (`NotEqual`; an undecided pair is not a hedge).
+fn final_line_values(output: &str, last: &str) -> Option<(Value, Vec<Value>, bool)> {
+    let last_value = parse_answer(last)?;
+    let values: Vec<Value> = final_line_boxes(output, MAX_ELEMENTS).into_iter().filter_map(parse_answer).collect();
+    let differ = values.iter().any(|v| compare(v, &last_value, 0) == Verdict::NotEqual);
+    Some((last_value, values, differ))
+}
+
+/// Whether the response's final answer is a hedge: its final line boxes two or more different
+/// values. The judge's answer gate pays a hedge nothing (small judges pay `\boxed{a} or
+/// \boxed{b}` more than a wrong answer when one of them is the reference).
+pub fn hedges(output: &str) -> bool {
+    match extract(output, true) {
+        Some(found) if found.source == Source::Boxed => final_line_values(output, found.text).is_some_and(|(_, _, d)| d),
+        _ => false,
+    }
+}
+
+/// [`hedges`] for each response (parallel when large).
+pub fn hedges_batch<S: AsRef<str> + Sync>(outputs: &[S]) -> Vec<bool> {
+    crate::extract::par_map(outputs.len(), |i| hedges(outputs[i].as_ref()))
 }
 
 /// Verdicts for aligned slices (parallel when large).
@@ -1307,6 +1343,23 @@ mod tests {
         assert_eq!(v("1000", "#### 1001"), NotEqual);
         assert_eq!(v("-4", "#### -4"), Equal);
         assert_eq!(v("5", r"\boxed{-5}"), NotEqual);
+    }
+
+    #[test]
+    fn several_boxed_values_on_the_final_line_are_a_hedge() {
+        // The answer is the set of the line's boxes: right only against a gold set of all of them.
+        assert_eq!(v("18", r"The answer is \boxed{16} or \boxed{18}."), NotEqual);
+        assert_eq!(v("16", r"The answer is \boxed{16} or \boxed{18}."), NotEqual);
+        assert_eq!(v("18", r"It is one of \boxed{21}, \boxed{18}, \boxed{28}."), NotEqual);
+        assert_eq!(v(r"\{3, 5\}", r"So $x = \boxed{3}$ or $x = \boxed{5}$."), Equal);
+        // The same value boxed twice, boxes on earlier lines, and a box around the final one.
+        assert_eq!(v("18", r"\boxed{18} dollars, i.e. \boxed{18.0}"), Equal);
+        assert_eq!(v("18", "First \\boxed{16} apples.\nSo the answer is \\boxed{18}."), Equal);
+        assert_eq!(v("3", r"\boxed{\boxed{3}}"), Equal);
+        assert!(hedges(r"The answer is \boxed{16} or \boxed{18}."));
+        for answer in [r"\boxed{18} dollars, i.e. \boxed{18.0}", "\\boxed{16}\nSo \\boxed{18}", r"\boxed{x+1} or \boxed{1+x}", "The answer is 16 or 18."] {
+            assert!(!hedges(answer), "{answer}");
+        }
     }
 
     #[test]

@@ -36,7 +36,7 @@ def test_cli_adversarial_tiny_end_to_end(tmp_path, tiny_model_path, capsys):
     runs = {(r["mode"], r["answer_gate"]): r for r in report["results"]}
     assert set(runs) == {(m, g) for m in ("reference_free", "reference_guided") for g in (False, True)}
     for (mode, gate), r in runs.items():
-        for cat in ANSWER_FREE:
+        for cat in (*ANSWER_FREE, "hedge"):  # no answer, or two different boxed answers: gated
             c = r["categories"][cat]
             assert c["gated"] == (c["n"] if gate else 0)
             if gate:

@@ -178,7 +178,8 @@ def test_teacher_references_render_with_the_configured_template_kwargs(tmp_path,
 
 # ----------------------------------------------------------------------------- the answer gate
 
-ANSWER_FREE = ["Thought process:", ":", "", "Let me solve this step by step.", "12 * 12 = 144", "\\boxed{}"]
+ANSWER_FREE = ["Thought process:", ":", "", "Let me solve this step by step.", "12 * 12 = 144", "\\boxed{}",
+               "The answer is \\boxed{}.", "the answer is: within \\boxed{}"]
 
 
 def test_answer_gate_pays_nothing_without_a_forward_pass(tiny):
@@ -213,6 +214,16 @@ def test_answer_gate_off_scores_answer_free_text_and_abstention_stays_distinct(t
     scores = on.score(["What is 12 * 12?"] * 2, [ANSWER_FREE[0], RESPONSES[2]])
     assert scores.gated.tolist() == [True, False] and scores.abstained.tolist() == [False, True]
     assert scores.reward[0] == 0.0 and np.isnan(scores.reward[1])
+
+
+def test_answer_gate_pays_a_hedge_nothing(tiny):
+    _, tok = tiny
+    judge = SingleTokenJudge(None, tok, template=TEMPLATE)  # no model: a gated row needs no forward pass
+    hedges = ["The answer is \\boxed{142} or \\boxed{144}.", "It is one of \\boxed{1}, \\boxed{144}, \\boxed{12}."]
+    scores = judge.score(["What is 12 * 12?"] * 2, hedges)
+    assert scores.gate_reason.tolist() == ["hedge", "hedge"] and (scores.reward == 0.0).all()
+    # One value boxed twice, or earlier lines boxing other values, is a single answer.
+    assert judge.gate_reasons(["\\boxed{144}, i.e. \\boxed{144.0}", "First \\boxed{12}.\nSo \\boxed{144}."]).tolist() == [None, None]
 
 
 def test_answer_gate_uses_strict_extraction(tiny):

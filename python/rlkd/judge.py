@@ -57,6 +57,7 @@ CHAT_CONTROL_TEXTS = (
 )
 GATE_NO_ANSWER = "no_answer"
 GATE_CONTROL_TEXT = "control_text"
+GATE_HEDGE = "hedge"
 
 
 def no_gate_reasons(n: int) -> np.ndarray:
@@ -100,7 +101,7 @@ class JudgeScores:
     abstained: np.ndarray  # bool
     num_truncated: int  # prompts whose truncated field lost tokens to max_len
     gated: np.ndarray | None = None  # bool: the answer gate paid 0.0 without a forward pass
-    gate_reason: np.ndarray | None = None  # object: "no_answer" | "control_text" | None per row
+    gate_reason: np.ndarray | None = None  # object: "no_answer" | "control_text" | "hedge" | None per row
 
     def __post_init__(self) -> None:
         if self.gated is None:
@@ -232,15 +233,20 @@ class SingleTokenJudge:
         """[n] object: why the answer gate pays 0.0 without a forward pass, None where it scores.
 
         ``control_text``: the response holds a chat-control token's text; ``no_answer``: strict
-        extraction finds no final answer (the verifiable reward's no_answer rule)."""
+        extraction finds no final answer (the verifiable reward's no_answer rule); ``hedge``: its
+        final line boxes two or more different values (`\\boxed{16} or \\boxed{18}`: the verifier
+        calls it wrong, and a small judge pays it more than a wrong answer)."""
         reasons = no_gate_reasons(len(responses))
         if not self.answer_gate or not len(responses):
             return reasons
-        for i, answer in enumerate(_core.extract_answers(list(responses), strict=True)):
-            if any(t in responses[i] for t in self._control_texts):
+        texts = list(responses)
+        for i, (answer, hedge) in enumerate(zip(_core.extract_answers(texts, strict=True), _core.hedges(texts))):
+            if any(t in texts[i] for t in self._control_texts):
                 reasons[i] = GATE_CONTROL_TEXT
             elif answer is None:
                 reasons[i] = GATE_NO_ANSWER
+            elif hedge:
+                reasons[i] = GATE_HEDGE
         return reasons
 
     def _encode(self, text: str) -> list[int]:

@@ -63,7 +63,7 @@ from rlkd.data import PromptSampler, build_pools, share_of
 from rlkd.distributed import DistContext, NullLog
 from rlkd.distributed import init as init_distributed
 from rlkd.evaluate import EvalResult, cached_greedy_pass_at_1, eval_cache_key, greedy_pass_at_1
-from rlkd.judge import GATE_CONTROL_TEXT, JudgeScores, TeacherReferences, local_judge_from_config, no_gate_reasons
+from rlkd.judge import GATE_CONTROL_TEXT, GATE_HEDGE, JudgeScores, TeacherReferences, local_judge_from_config, no_gate_reasons
 from rlkd.monitor import HackingAlert, HackingMonitor, MonitorLimits
 from rlkd.metrics import auroc, same_correctness_share
 from rlkd.plots import plot_run
@@ -514,8 +514,9 @@ class Trainer:
         metrics = self._step_metrics(ro, rewards, r_vr, verdicts, r_judge, p_yes, abstained, r_rerank, advantages, labeled)
         if references is not None:
             metrics["judge/no_reference_rate"] = float(np.mean([r is None for r in references]))
-        if scores is not None:  # responses spelling chat-control tokens: paid 0 by the gate
+        if scores is not None:  # responses spelling chat-control tokens, or boxing several answers: paid 0 by the gate
             metrics["judge/control_text_rate"] = float(np.mean(scores.gate_reason == GATE_CONTROL_TEXT))
+            metrics["judge/hedge_rate"] = float(np.mean(scores.gate_reason == GATE_HEDGE))
         metrics.update(update_stats)
         metrics.update({k: v for k, v in watch.items() if not k.startswith("_")})
         metrics.update(times)
