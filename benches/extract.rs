@@ -33,7 +33,7 @@ fn bench(c: &mut Criterion) {
     group.finish();
 
     // Linearity on hostile inputs: the same throughput (bytes/s) at 100 kB and 400 kB.
-    let names = ["braces", "unbalanced_boxes", "parens", "digit_groups", "dollars", "phrases", "unicode"];
+    let names = ["braces", "unbalanced_boxes", "parens", "digit_groups", "dollars", "phrases", "unicode", "nested_boxes"];
     let mut group = c.benchmark_group("hostile");
     group.sample_size(10);
     for n in [100_000, 400_000] {

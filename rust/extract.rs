@@ -240,13 +240,15 @@ fn last_boxed(text: &str) -> Option<(usize, usize)> {
 /// is not another value. At most `limit` boxes.
 pub fn final_line_boxes(text: &str, limit: usize) -> Vec<&str> {
     let mut found: Vec<(usize, usize)> = Vec::new();
+    let mut around = 0;
     scan_boxes(text, |(a, b)| {
         let Some(&(last_a, _)) = found.first() else {
             found.push((a, b));
             return true;
         };
         if b > last_a {
-            return true; // a box around the final one
+            around += 1; // a box around the final one; a bounded number keeps deep nesting linear
+            return around < MAX_REJECTED;
         }
         if text.as_bytes()[b..last_a].contains(&b'\n') {
             return false; // an earlier line
@@ -546,7 +548,7 @@ fn last_number(text: &str) -> Option<(usize, usize)> {
 /// Adversarial inputs of about `n` bytes (deep or unbalanced nesting, separators, delimiters,
 /// phrases, multi-byte text) that a quadratic rule would choke on; shared by the tests and the
 /// `hostile_*` benches that show extraction and verification stay linear.
-pub fn hostile_inputs(n: usize) -> [String; 7] {
+pub fn hostile_inputs(n: usize) -> [String; 8] {
     [
         "{".repeat(n),
         r"\boxed{".repeat(n / 7),
@@ -555,6 +557,7 @@ pub fn hostile_inputs(n: usize) -> [String; 7] {
         "$".repeat(n),
         "Answer: ".repeat(n / 8),
         "😀é".repeat(n / 6),
+        r"\boxed{".repeat(n / 8) + "1" + &"}".repeat(n / 8),
     ]
 }
 
