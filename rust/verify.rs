@@ -93,7 +93,11 @@ fn final_boxed_answer(output: &str, last: &str) -> Option<Value> {
 /// surely a different value (`NotEqual`; an undecided pair is not a hedge).
 fn final_line_values(output: &str, last: &str) -> Option<(Value, Vec<Value>, bool)> {
     let last_value = parse_answer(last)?;
-    let values: Vec<Value> = final_line_boxes(output, MAX_ELEMENTS).into_iter().filter_map(parse_answer).collect();
+    let boxes = final_line_boxes(output, MAX_ELEMENTS);
+    if boxes.len() < 2 {
+        return Some((last_value, Vec::new(), false)); // the common case: one box, parsed once
+    }
+    let values: Vec<Value> = boxes.into_iter().filter_map(parse_answer).collect();
     let differ = values.iter().any(|v| compare(v, &last_value, 0) == Verdict::NotEqual);
     Some((last_value, values, differ))
 }
