@@ -88,7 +88,7 @@ fn extract_answers(py: Python<'_>, texts: Vec<Bound<'_, PyString>>, strict: bool
     py.detach(|| crate::extract::extract_answers(&texts, strict))
 }
 
-/// For each response: does its final line box two or more different values (a hedge)?
+/// For each response: does its final answer hedge (a final line boxing two or more different values, or "16 or 18")?
 /// Releases the GIL (parallel when large).
 #[pyfunction]
 fn hedges(py: Python<'_>, texts: Vec<Bound<'_, PyString>>) -> Vec<bool> {

@@ -103,13 +103,29 @@ fn final_line_values(output: &str, last: &str) -> Option<(Value, Vec<Value>, boo
 }
 
 /// Whether the response's final answer is a hedge: its final line boxes two or more different
-/// values. The judge's answer gate pays a hedge nothing (small judges pay `\boxed{a} or
+/// values, or its answer phrase offers different values joined by "or" (`The answer is 16 or
+/// 18.`). The judge's answer gate pays a hedge nothing (small judges pay `\boxed{a} or
 /// \boxed{b}` more than a wrong answer when one of them is the reference).
 pub fn hedges(output: &str) -> bool {
     match extract(output, true) {
         Some(found) if found.source == Source::Boxed => final_line_values(output, found.text).is_some_and(|(_, _, d)| d),
-        _ => false,
+        Some(found) => offers_alternatives(found.text),
+        None => false,
     }
+}
+
+/// Whether an unboxed answer is alternatives joined by "or" of which two surely differ
+/// (`16 or 18`; `18 or 18.0` and `x or y` with an unparsed side are not).
+fn offers_alternatives(answer: &str) -> bool {
+    let lower = answer.to_ascii_lowercase();
+    let parts: Vec<&str> = lower.split(" or ").take(MAX_ELEMENTS).collect();
+    if parts.len() < 2 {
+        return false;
+    }
+    let Some(values) = parts.iter().map(|part| parse_answer(part.trim())).collect::<Option<Vec<Value>>>() else {
+        return false;
+    };
+    values.iter().any(|v| compare(v, &values[0], 0) == Verdict::NotEqual)
 }
 
 /// [`hedges`] for each response (parallel when large).
@@ -1361,7 +1377,14 @@ mod tests {
         assert_eq!(v("18", "First \\boxed{16} apples.\nSo the answer is \\boxed{18}."), Equal);
         assert_eq!(v("3", r"\boxed{\boxed{3}}"), Equal);
         assert!(hedges(r"The answer is \boxed{16} or \boxed{18}."));
-        for answer in [r"\boxed{18} dollars, i.e. \boxed{18.0}", "\\boxed{16}\nSo \\boxed{18}", r"\boxed{x+1} or \boxed{1+x}", "The answer is 16 or 18."] {
+        for answer in [r"\boxed{18} dollars, i.e. \boxed{18.0}", "\\boxed{16}\nSo \\boxed{18}", r"\boxed{x+1} or \boxed{1+x}"] {
+            assert!(!hedges(answer), "{answer}");
+        }
+        // An unboxed answer phrase that offers different values is a hedge too.
+        for answer in ["The answer is 16 or 18.", "#### 16 or 18", "The answer is 16 OR 18 apples."] {
+            assert!(hedges(answer), "{answer}");
+        }
+        for answer in ["The answer is 18 or 18.0.", "The answer is 16.", "The answer is red or blue."] {
             assert!(!hedges(answer), "{answer}");
         }
     }

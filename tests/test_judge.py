@@ -219,9 +219,13 @@ def test_answer_gate_off_scores_answer_free_text_and_abstention_stays_distinct(t
 def test_answer_gate_pays_a_hedge_nothing(tiny):
     _, tok = tiny
     judge = SingleTokenJudge(None, tok, template=TEMPLATE)  # no model: a gated row needs no forward pass
-    hedges = ["The answer is \\boxed{142} or \\boxed{144}.", "It is one of \\boxed{1}, \\boxed{144}, \\boxed{12}."]
-    scores = judge.score(["What is 12 * 12?"] * 2, hedges)
-    assert scores.gate_reason.tolist() == ["hedge", "hedge"] and (scores.reward == 0.0).all()
+    hedges = [
+        "The answer is \\boxed{142} or \\boxed{144}.",
+        "It is one of \\boxed{1}, \\boxed{144}, \\boxed{12}.",
+        "The answer is 142 or 144.",  # unboxed: the judge paid this 0.49 against 0.40 for a wrong number
+    ]
+    scores = judge.score(["What is 12 * 12?"] * 3, hedges)
+    assert scores.gate_reason.tolist() == ["hedge"] * 3 and (scores.reward == 0.0).all()
     # One value boxed twice, or earlier lines boxing other values, is a single answer.
     assert judge.gate_reasons(["\\boxed{144}, i.e. \\boxed{144.0}", "First \\boxed{12}.\nSo \\boxed{144}."]).tolist() == [None, None]
 
