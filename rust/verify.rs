@@ -117,6 +117,9 @@ pub fn hedges(output: &str) -> bool {
 /// Whether an unboxed answer is alternatives joined by "or" of which two surely differ
 /// (`16 or 18`; `18 or 18.0` and `x or y` with an unparsed side are not).
 fn offers_alternatives(answer: &str) -> bool {
+    if !answer.as_bytes().windows(4).any(|w| w.eq_ignore_ascii_case(b" or ")) {
+        return false; // the common case: one value, no copy made
+    }
     let lower = answer.to_ascii_lowercase();
     let parts: Vec<&str> = lower.split(" or ").take(MAX_ELEMENTS).collect();
     if parts.len() < 2 {
