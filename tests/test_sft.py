@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlkd.config import loads_config
 from rlkd.data import Example
-from rlkd.sft import build_sft_rows, end_of_turn_id, ensure_sft, main, sft_loss, sft_target
+from rlkd.sft import build_sft_rows, end_of_turn_id, ensure_sft, keep_right_and_finished, main, sft_loss, sft_target
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,7 +52,7 @@ def test_sft_loss_counts_response_tokens_only(tiny_model_path):
 def _sft_config(model_path: Path, cache: Path, **extra: str):
     sets = {"model.name_or_path": json.dumps(str(model_path)), "model.dtype": '"float32"', "sft.examples": "4",
             "sft.batch_size": "2", "sft.micro_batch_size": "1", "sft.epochs": "4", "sft.lr": "3e-3", "sft.warmup_steps": "0",
-            "sft.cache_dir": json.dumps(str(cache)), "sft.enabled": "true", "train.eval_every": "0", **extra}
+            "sft.cache_dir": json.dumps(str(cache)), "sft.enabled": "true", "sft.source": '"gold"', "train.eval_every": "0", **extra}
     return loads_config((ROOT / "configs" / "tiny.toml").read_text(), overrides=[f"{k}={v}" for k, v in sets.items()])
 
 
@@ -80,3 +80,29 @@ def test_rlkd_sft_cli_rejects_a_bad_config_with_exit_2(tmp_path, capsys):
     bad.write_text("[sft]\nlr = -1\n")
     assert main([str(bad)]) == 2
     assert "sft.lr" in capsys.readouterr().err
+
+
+def test_rejection_sampling_keeps_only_finished_answers_the_verifier_calls_right():
+    examples = [Example(str(i), f"q{i}", "5", "#### 5") for i in range(4)]
+    rows = [{"id": "0", "response": "2 + 3 = 5. \\boxed{5}", "finished": True, "verdict": "Equal"},
+            {"id": "1", "response": "2 + 3 = 6. \\boxed{6}", "finished": True, "verdict": "Different"},
+            {"id": "2", "response": "2 + 3 = 5, so \\boxed{5}", "finished": False, "verdict": "Equal"},
+            {"id": "3", "response": "I think", "finished": True, "verdict": "NoAnswer"}]
+    kept = keep_right_and_finished(examples, rows)
+    assert [(e.id, e.solution, e.answer) for e in kept] == [("0", "2 + 3 = 5. \\boxed{5}", "5")]
+
+
+def test_self_source_trains_on_the_students_own_right_answers(tmp_path, tiny_model_path, monkeypatch):
+    monkeypatch.setenv("RLKD_CACHE", str(tmp_path / "cache"))
+    cfg = _sft_config(tiny_model_path, tmp_path / "sft", **{"sft.source": '"self"', "sft.epochs": "1"})
+    # A random tiny student answers nothing right: a clear error, not an empty SFT.
+    with pytest.raises(ValueError, match="none of the student's 4 answers"):
+        ensure_sft(cfg, progress=False, log=lambda *_: None)
+    # Its greedy answers were generated once and cached; mark one right, as a real student's would be.
+    (cached,) = (tmp_path / "cache" / "evals").glob("*.json")
+    data = json.loads(cached.read_text())
+    assert len(data["rows"]) == 4 and all("response" in r for r in data["rows"])
+    data["rows"][1].update(verdict="Equal", finished=True)
+    cached.write_text(json.dumps(data))
+    result = ensure_sft(cfg, progress=False, log=lambda *_: None)
+    assert result.info["examples"] == 1 and result.info["recipe"]["source"] == "self"

@@ -13,6 +13,11 @@ By default LoRA adapters (peft) train on every linear layer and are merged into 
 the end; the result is a plain bf16 HF checkpoint that `rlkd-train` starts from and `rlkd-eval`
 reads.
 
+With `sft.source = "self"` the targets are instead the student's own greedy answers to the same
+problems, kept where they finished within the RL budget and the verifier says right (rejection
+sampling, as in RFT: Yuan et al. 2023): the student keeps its own reasoning style and only learns
+to finish, where imitating GSM8K's terse solutions made it finish but reason worse (BENCHMARKS.md).
+
 It runs once: the checkpoint is cached under `<RLKD_CACHE>/sft/<key>/`, where the key hashes
 everything that changes the result (student, recipe, prompts, the exact examples, seed).
 `sft.json` there records the recipe, the loss curve, the time taken and pass@1 before/after.
@@ -29,7 +34,7 @@ import re
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -40,7 +45,7 @@ from rlkd.config import Config, render_template
 from rlkd.data import Example, build_pools
 from rlkd.rollout import render_prompts
 
-__all__ = ["SFTResult", "sft_target", "end_of_turn_id", "build_sft_rows", "sft_loss", "ensure_sft", "sft_cache_key"]
+__all__ = ["SFTResult", "sft_target", "keep_right_and_finished", "end_of_turn_id", "build_sft_rows", "sft_loss", "ensure_sft", "sft_cache_key"]
 
 _CALCULATOR = re.compile(r"<<[^<>]*>>")
 FORMAT_VERSION = 1  # bump when the target format or the training loop changes what a key means
@@ -122,23 +127,49 @@ def sft_loss(model: Any, rows: Sequence[tuple[list[int], list[int]]], pad_id: in
     return -logprobs.sum(), int(keep.sum())
 
 
-def _examples(cfg: Config) -> list[Example]:
+def _examples(cfg: Config, log=print) -> list[Example]:
+    """The SFT examples: `solution` holds the text the student learns to write."""
     pools = build_pools(cfg.data, seed=cfg.run.seed)
-    labeled = [e for e in pools.labeled if e.solution]
-    if not labeled:
-        raise ValueError("sft: the labeled pool has no worked solutions (data.labeled_count > 0 with a "
-                         "data set whose answers are worked solutions, e.g. builtin:gsm8k/train)")
+    if cfg.sft.source == "self":
+        labeled = list(pools.labeled)
+        what = "labeled problems"
+    else:
+        labeled = [e for e in pools.labeled if e.solution]
+        what = "worked solutions"
+        if not labeled:
+            raise ValueError("sft: the labeled pool has no worked solutions (data.labeled_count > 0 with a "
+                             "data set whose answers are worked solutions, e.g. builtin:gsm8k/train, or "
+                             "sft.source = \"self\")")
     n = cfg.sft.examples or len(labeled)
     if n > len(labeled):
-        raise ValueError(f"sft.examples = {n} but the labeled pool has {len(labeled)} worked solutions "
+        raise ValueError(f"sft.examples = {n} but the labeled pool has {len(labeled)} {what} "
                          "(raise data.labeled_count)")
-    return labeled[:n]
+    if cfg.sft.source == "gold":
+        return labeled[:n]
+    result, _ = cached_greedy(cfg, cfg.model.name_or_path, cfg.model.name_or_path, labeled[:n],
+                              max_new_tokens=cfg.rollout.max_new_tokens, what="SFT targets: greedy answers of",
+                              log=log)
+    kept = keep_right_and_finished(labeled[:n], result.rows)
+    log(f"rlkd: SFT targets: {len(kept)} of {n} of the student's own answers finished within "
+        f"{cfg.rollout.max_new_tokens} tokens and are right")
+    if not kept:
+        raise ValueError(f"sft.source = \"self\": none of the student's {n} answers to the labeled problems finished "
+                         "and was right; use sft.source = \"gold\" or more sft.examples")
+    return kept
+
+
+def keep_right_and_finished(examples: Sequence[Example], rows: Sequence[dict[str, Any]]) -> list[Example]:
+    """Rejection sampling: the examples whose generated answer finished and was verified right,
+    with that answer as their SFT target (`rows` in the order of `examples`, as greedy_pass_at_1 gives them)."""
+    by_id = {r["id"]: r for r in rows}
+    return [replace(e, solution=by_id[e.id]["response"]) for e in examples
+            if e.id in by_id and by_id[e.id]["finished"] and by_id[e.id]["verdict"] == "Equal"]
 
 
 def sft_cache_key(cfg: Config, examples: Sequence[Example]) -> str:
     s, m = cfg.sft, cfg.model
     h = hashlib.sha256()
-    recipe = {k: getattr(s, k) for k in ("epochs", "lr", "batch_size", "micro_batch_size", "lora_rank",
+    recipe = {k: getattr(s, k) for k in ("source", "epochs", "lr", "batch_size", "micro_batch_size", "lora_rank",
                                          "lora_alpha", "max_len", "warmup_steps")}
     h.update(json.dumps({"v": FORMAT_VERSION, "model": m.name_or_path, "dtype": m.dtype, "system": m.system_prompt,
                          "user": m.user_template, "seed": cfg.run.seed, "recipe": recipe}, sort_keys=True).encode())
@@ -155,7 +186,7 @@ def sft_cache_root() -> Path:
 
 def ensure_sft(cfg: Config, *, progress: bool = True, log=print) -> SFTResult:
     """The SFT checkpoint of this config: from the cache, or trained now (and cached)."""
-    examples = _examples(cfg)
+    examples = _examples(cfg, log=log)
     key = sft_cache_key(cfg, examples)
     root = Path(cfg.sft.cache_dir) if cfg.sft.cache_dir else sft_cache_root()
     final = root / key
@@ -244,7 +275,7 @@ def _train(cfg: Config, examples: Sequence[Example], out: Path, *, progress: boo
         "skipped_over_max_len": skipped,
         "response_tokens_mean": sum(len(r) for _, r in rows) / max(1, len(rows)),
         "steps": total,
-        "recipe": {k: getattr(s, k) for k in ("epochs", "lr", "batch_size", "micro_batch_size", "lora_rank",
+        "recipe": {k: getattr(s, k) for k in ("source", "epochs", "lr", "batch_size", "micro_batch_size", "lora_rank",
                                               "lora_alpha", "max_len", "warmup_steps")},
         "loss": losses,
         "train_s": train_s,
@@ -261,27 +292,35 @@ def _disable_dropout(model: torch.nn.Module) -> None:
 
 def heldout_eval(cfg: Config, model_path: str, model_key: str, *, log=print) -> tuple[Any, bool]:
     """Greedy pass@1 of a model on the config's held-out set, cached by (model key, eval settings)."""
+    pools = build_pools(cfg.data, seed=cfg.run.seed)
+    return cached_greedy(cfg, model_path, model_key, pools.eval, max_new_tokens=cfg.train.eval_max_new_tokens,
+                         what="held-out eval of", log=log)
+
+
+def cached_greedy(cfg: Config, model_path: str, model_key: str, examples: Sequence[Example], *, max_new_tokens: int,
+                  what: str, log=print) -> tuple[Any, bool]:
+    """Greedy answers of a model to `examples` with their verdicts (EvalResult), cached by
+    (model key, examples, prompts, budget)."""
     from rlkd.evaluate import cached_greedy_pass_at_1, eval_cache_key, greedy_pass_at_1
     from rlkd.models import load_causal_lm
     from rlkd.rollout import HFRollout
 
     m, t = cfg.model, cfg.train
-    pools = build_pools(cfg.data, seed=cfg.run.seed)
-    key = eval_cache_key(model_key, pools.eval, system_prompt=m.system_prompt or None, user_template=m.user_template,
-                         max_new_tokens=t.eval_max_new_tokens, dtype=m.dtype)
+    key = eval_cache_key(model_key, examples, system_prompt=m.system_prompt or None, user_template=m.user_template,
+                         max_new_tokens=max_new_tokens, dtype=m.dtype)
 
     def run_eval():
         model, tokenizer = load_causal_lm(model_path, dtype=m.dtype, device=m.device)
-        rollout = HFRollout(model, tokenizer, max_new_tokens=t.eval_max_new_tokens, batch_size=t.eval_batch_size)
-        log(f"rlkd: evaluating {model_path} on {len(pools.eval)} held-out problems")
-        return greedy_pass_at_1(rollout, tokenizer, pools.eval, system_prompt=m.system_prompt or None,
-                                user_template=m.user_template, max_new_tokens=t.eval_max_new_tokens,
+        rollout = HFRollout(model, tokenizer, max_new_tokens=max_new_tokens, batch_size=t.eval_batch_size)
+        log(f"rlkd: {what} {model_path} on {len(examples)} problems (greedy, <= {max_new_tokens} tokens)")
+        return greedy_pass_at_1(rollout, tokenizer, examples, system_prompt=m.system_prompt or None,
+                                user_template=m.user_template, max_new_tokens=max_new_tokens,
                                 timeout_s=cfg.rewards.fallback_timeout_s, progress=cfg.log.progress_bar)
 
     start = time.perf_counter()
     result, cached = cached_greedy_pass_at_1(key, run_eval)
     if not cached:
-        log(f"rlkd: eval took {time.perf_counter() - start:.0f} s")
+        log(f"rlkd: took {time.perf_counter() - start:.0f} s")
     return result, cached
 
 
