@@ -148,12 +148,12 @@ class ModelSection:
 class SFTSection:
     enabled: bool = _opt(True, "run the SFT warm-up first (once, cached) and start RL from its checkpoint")
     source: str = _opt(
-        "self", "what the student imitates: `gold` = the labeled pool's worked solutions (GSM8K's terse style); "
+        "gold", "what the student imitates: `gold` = the labeled pool's worked solutions (GSM8K's terse style); "
         "`self` = rejection sampling: the student's own greedy answers to those problems (<= "
         "`rollout.max_new_tokens`), kept where they finished and the verifier says right (its own style, "
         "made to finish)", choices=("gold", "self"))
-    examples: int = _opt(0, "labeled problems to draw SFT targets from (the first N; 0 = all)", ge=0)
-    epochs: int = _opt(2, "passes over the SFT examples", ge=1)
+    examples: int = _opt(256, "labeled problems to draw SFT targets from (the first N; 0 = all)", ge=0)
+    epochs: int = _opt(1, "passes over the SFT examples", ge=1)
     lr: float = _opt(2e-4, "peak learning rate (cosine decay to 0 after warm-up)", gt=0, le=1)
     batch_size: int = _opt(8, "examples per optimizer step", ge=1)
     micro_batch_size: int = _opt(4, "examples per forward/backward pass", ge=1)
