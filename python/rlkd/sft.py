@@ -49,6 +49,9 @@ __all__ = ["SFTResult", "sft_target", "keep_right_and_finished", "end_of_turn_id
 
 _CALCULATOR = re.compile(r"<<[^<>]*>>")
 FORMAT_VERSION = 1  # bump when the target format or the training loop changes what a key means
+# the [sft] keys that change the checkpoint: hashed into its cache key and recorded in sft.json
+RECIPE_KEYS = ("source", "epochs", "lr", "batch_size", "micro_batch_size", "lora_rank", "lora_alpha", "max_len",
+               "warmup_steps")
 
 
 @dataclass(frozen=True)
@@ -130,21 +133,18 @@ def sft_loss(model: Any, rows: Sequence[tuple[list[int], list[int]]], pad_id: in
 def _examples(cfg: Config, log=print) -> list[Example]:
     """The SFT examples: `solution` holds the text the student learns to write."""
     pools = build_pools(cfg.data, seed=cfg.run.seed)
-    if cfg.sft.source == "self":
-        labeled = list(pools.labeled)
-        what = "labeled problems"
-    else:
-        labeled = [e for e in pools.labeled if e.solution]
-        what = "worked solutions"
-        if not labeled:
-            raise ValueError("sft: the labeled pool has no worked solutions (data.labeled_count > 0 with a "
-                             "data set whose answers are worked solutions, e.g. builtin:gsm8k/train, or "
-                             "sft.source = \"self\")")
+    gold = cfg.sft.source == "gold"
+    labeled = [e for e in pools.labeled if e.solution] if gold else list(pools.labeled)
+    what = "worked solutions" if gold else "labeled problems"
+    if gold and not labeled:
+        raise ValueError("sft: the labeled pool has no worked solutions (data.labeled_count > 0 with a "
+                         "data set whose answers are worked solutions, e.g. builtin:gsm8k/train, or "
+                         "sft.source = \"self\")")
     n = cfg.sft.examples or len(labeled)
     if n > len(labeled):
         raise ValueError(f"sft.examples = {n} but the labeled pool has {len(labeled)} {what} "
                          "(raise data.labeled_count)")
-    if cfg.sft.source == "gold":
+    if gold:
         return labeled[:n]
     result, _ = cached_greedy(cfg, cfg.model.name_or_path, cfg.model.name_or_path, labeled[:n],
                               max_new_tokens=cfg.rollout.max_new_tokens, what="SFT targets: greedy answers of",
@@ -160,7 +160,7 @@ def _examples(cfg: Config, log=print) -> list[Example]:
 
 def keep_right_and_finished(examples: Sequence[Example], rows: Sequence[dict[str, Any]]) -> list[Example]:
     """Rejection sampling: the examples whose generated answer finished and was verified right,
-    with that answer as their SFT target (`rows` in the order of `examples`, as greedy_pass_at_1 gives them)."""
+    with that answer as their SFT target (`rows`: greedy_pass_at_1's, matched by example id)."""
     by_id = {r["id"]: r for r in rows}
     return [replace(e, solution=by_id[e.id]["response"]) for e in examples
             if e.id in by_id and by_id[e.id]["finished"] and by_id[e.id]["verdict"] == "Equal"]
@@ -169,8 +169,7 @@ def keep_right_and_finished(examples: Sequence[Example], rows: Sequence[dict[str
 def sft_cache_key(cfg: Config, examples: Sequence[Example]) -> str:
     s, m = cfg.sft, cfg.model
     h = hashlib.sha256()
-    recipe = {k: getattr(s, k) for k in ("source", "epochs", "lr", "batch_size", "micro_batch_size", "lora_rank",
-                                         "lora_alpha", "max_len", "warmup_steps")}
+    recipe = {k: getattr(s, k) for k in RECIPE_KEYS}
     h.update(json.dumps({"v": FORMAT_VERSION, "model": m.name_or_path, "dtype": m.dtype, "system": m.system_prompt,
                          "user": m.user_template, "seed": cfg.run.seed, "recipe": recipe}, sort_keys=True).encode())
     for e in examples:
@@ -275,8 +274,7 @@ def _train(cfg: Config, examples: Sequence[Example], out: Path, *, progress: boo
         "skipped_over_max_len": skipped,
         "response_tokens_mean": sum(len(r) for _, r in rows) / max(1, len(rows)),
         "steps": total,
-        "recipe": {k: getattr(s, k) for k in ("source", "epochs", "lr", "batch_size", "micro_batch_size", "lora_rank",
-                                              "lora_alpha", "max_len", "warmup_steps")},
+        "recipe": {k: getattr(s, k) for k in RECIPE_KEYS},
         "loss": losses,
         "train_s": train_s,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
