@@ -151,6 +151,19 @@ def test_resume_refuses_a_changed_config(tmp_path, capsys):
     assert "group_size" in capsys.readouterr().err
 
 
+def test_resume_accepts_a_new_budget_and_cadence(tmp_path):
+    # How long a run goes on and how often it evaluates or saves may change on resume; nothing else.
+    from rlkd.cli import _check_resume_config
+    from rlkd.config import ConfigError, config_to_toml, load_config
+
+    (tmp_path / "config.toml").write_text(config_to_toml(load_config(TINY)))
+    _check_resume_config(tmp_path, load_config(TINY, ["train.steps=40", "train.time_budget_min=45.0",
+                                                      "train.eval_every=100", "train.checkpoint_every=8",
+                                                      "train.keep_checkpoints=0"]))
+    with pytest.raises(ConfigError, match="warmup_steps"):
+        _check_resume_config(tmp_path, load_config(TINY, ["optim.warmup_steps=3"]))
+
+
 @pytest.mark.slow
 def test_a_crash_mid_run_leaves_a_checkpoint_of_the_finished_steps(tmp_path, monkeypatch, smollm2_path):
     from rlkd.train import Trainer

@@ -52,8 +52,15 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+# (section, key) pairs a resume may change: train.steps lets a finished run go on, the others
+# let it go on with another time budget or evaluation/checkpoint cadence.
+RESUME_MAY_CHANGE = {("train", "steps"), ("train", "time_budget_min"), ("train", "eval_every"),
+                     ("train", "checkpoint_every"), ("train", "keep_checkpoints")}
+
+
 def _check_resume_config(run_dir: Path, cfg) -> None:
-    """A resumed run must use the config it started with; only train.steps may grow."""
+    """A resumed run must use the config it started with, except for the keys that say how long it
+    runs and how often it evaluates or saves (RESUME_MAY_CHANGE): they do not change what a step learns."""
     from rlkd.config import ConfigError, config_to_toml, load_config
 
     saved_path = run_dir / "config.toml"
@@ -66,7 +73,7 @@ def _check_resume_config(run_dir: Path, cfg) -> None:
     for a, b in zip(mine, theirs):
         if a.startswith("["):
             section = a.strip("[]")
-        if a != b and not (section == "train" and a.startswith("steps")):
+        if a != b and (section, a.split(" = ")[0]) not in RESUME_MAY_CHANGE:
             differences.append(f"  [{section}] {b!r} in the run, {a!r} now")
     if len(mine) != len(theirs) or differences:
         raise ConfigError(f"--resume {run_dir}: the config differs from the run's config.toml:\n" + "\n".join(differences))
