@@ -115,6 +115,7 @@ def test_resume_continues_with_identical_metrics(tmp_path, grpo_run):
     # Stop after step 1, resume to step 2: step 2 must match the uninterrupted run exactly.
     first = _run(tmp_path, "train.steps=1", "train.eval_every=0")
     resumed = _run(tmp_path, "train.steps=2", "train.eval_every=0", resume=first)
+    assert "\nsteps = 2\n" in (resumed / "config.toml").read_text()  # the run dir says what the run now is
     want = [m for m in _steps(grpo_run) if m["step"] == 2][0]
     got = [m for m in _steps(resumed) if m["step"] == 2][0]
     for key, value in want.items():

@@ -885,6 +885,8 @@ def train(cfg: Config, *, resume_dir: Path | None = None) -> Path:
         if new_dir:  # a failed start leaves no orphan run directory behind
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
+    if resume_dir is not None and dist.is_main:  # what this run now is (only budget and cadence keys may differ)
+        (run_dir / "config.toml").write_text(config_to_toml(cfg))
     trainer.run()
     dist.close()
     return run_dir
