@@ -825,8 +825,13 @@ def prepare_run_dir(cfg: Config) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = Path(cfg.run.output_dir) / f"{cfg.run.name}-{stamp}"
     run_dir.mkdir(parents=True, exist_ok=False)
-    (run_dir / "config.toml").write_text(config_to_toml(cfg))
+    save_run_config(run_dir, cfg)
     return run_dir
+
+
+def save_run_config(run_dir: Path, cfg: Config) -> None:
+    """The run's resolved config, as `--resume` compares it."""
+    (run_dir / "config.toml").write_text(config_to_toml(cfg))
 
 
 def training_curve(run_dir: Path) -> str:
@@ -886,7 +891,7 @@ def train(cfg: Config, *, resume_dir: Path | None = None) -> Path:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     if resume_dir is not None and dist.is_main:  # what this run now is (only budget and cadence keys may differ)
-        (run_dir / "config.toml").write_text(config_to_toml(cfg))
+        save_run_config(run_dir, cfg)
     trainer.run()
     dist.close()
     return run_dir
