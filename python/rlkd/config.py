@@ -267,6 +267,10 @@ class DataSection:
                               "shuffle); the rest form the unlabeled pool with gold dropped", ge=0)
     labeled_fraction: float = _opt(0.5, "share of labeled prompts in each batch: round-half-up(fraction x "
                                    "prompts_per_step) per batch", ge=0, le=1)
+    labeled_filter: str = _opt("none", "`solved`: RL samples only the labeled problems the RL start model "
+                               "answers right greedily within rollout.max_new_tokens (screened once, cached), "
+                               "so each group mixes right and wrong answers; `none`: every labeled problem",
+                               choices=("none", "solved"))
     eval_path: str = _opt("builtin:gsm8k/test", "held-out questions (same forms as train_path); empty = synthetic "
                           "held-out problems disjoint from the training ones", check="data_path")
     eval_count: int = _opt(200, "held-out problems: the first N rows of eval_path (0 = all) or N synthetic ones", ge=0)
@@ -805,6 +809,9 @@ def _cross_checks(cfg: Config, where: _Locator) -> list[str]:
     if d.labeled_fraction < 1 and n_lab == ro.prompts_per_step:
         err("data", "labeled_fraction", f"{d.labeled_fraction:g} x rollout.prompts_per_step "
             f"({ro.prompts_per_step}) rounds to all {n_lab} prompts labeled; use 1.0 or more prompts per step")
+    if d.labeled_filter != "none" and (n_lab == 0 or d.labeled_count == 0):
+        err("data", "labeled_filter", f"is \"{d.labeled_filter}\" but no batch has labeled prompts (data.labeled_count "
+            f"= {d.labeled_count}, data.labeled_fraction = {d.labeled_fraction:g}): there is nothing to filter")
     if w.vr_weight > 0 and (n_lab == 0 or d.labeled_count == 0):
         err("rewards", "vr_weight", f"is {w.vr_weight:g} but no batch has labeled prompts (data.labeled_count = "
             f"{d.labeled_count}, data.labeled_fraction = {d.labeled_fraction:g}): the verifiable reward would "

@@ -29,6 +29,7 @@ import shutil
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +60,7 @@ from rlkd.checkpoint import (
     set_rng_state,
 )
 from rlkd.config import Config, config_to_toml, render_template
-from rlkd.data import PromptSampler, build_pools, share_of
+from rlkd.data import Example, PromptSampler, build_pools, share_of
 from rlkd.distributed import DistContext, NullLog
 from rlkd.distributed import init as init_distributed
 from rlkd.evaluate import EvalResult, cached_greedy_pass_at_1, eval_cache_key, greedy_pass_at_1
@@ -146,10 +147,11 @@ class Trainer:
     `dist`: this process's place in a torchrun job (rlkd.distributed; default: a single process)."""
 
     def __init__(self, cfg: Config, run_dir: Path, *, resume: bool = False, start_model: str | None = None,
-                 start_model_key: str | None = None, interrupt_hook: Callable[[str, int], None] | None = None,
-                 dist: DistContext | None = None) -> None:
+                 start_model_key: str | None = None, labeled: Sequence[Example] | None = None,
+                 interrupt_hook: Callable[[str, int], None] | None = None, dist: DistContext | None = None) -> None:
         """`start_model`: the policy's initial weights (the SFT checkpoint; default model.name_or_path);
-        `start_model_key` names them for the eval cache (None: the start eval is not cached)."""
+        `start_model_key` names them for the eval cache (None: the start eval is not cached);
+        `labeled`: the labeled problems RL samples (data.labeled_filter's choice; default the whole pool)."""
         self.cfg = cfg
         self.run_dir = run_dir
         self.start_model = start_model or cfg.model.name_or_path
@@ -162,6 +164,8 @@ class Trainer:
 
         # Data first: a bad data file fails before any model loads.
         self.pools = build_pools(cfg.data, seed=cfg.run.seed)
+        if labeled is not None:
+            self.pools.labeled = list(labeled)
         self.sampler = PromptSampler(
             self.pools,
             prompts_per_step=cfg.rollout.prompts_per_step,
@@ -869,10 +873,13 @@ def teacher_cache_path(cfg: Config) -> Path:
 
 
 def train(cfg: Config, *, resume_dir: Path | None = None) -> Path:
-    """SFT warm-up (once, cached) when enabled, then the RL run. Under torchrun (rlkd.distributed)
-    rank 0 runs the warm-up and creates the run directory; the other ranks follow."""
+    """SFT warm-up (once, cached) when enabled, the labeled filter (data.labeled_filter), then the RL
+    run. Under torchrun (rlkd.distributed) rank 0 runs the warm-up and the filter's screening and
+    creates the run directory; the other ranks follow."""
     dist = init_distributed(cfg.run.device)
-    start_model, start_key = cfg.model.name_or_path, None
+    start_model = cfg.model.name_or_path
+    # An embedded model never changes, so its start eval is cached; a local directory might.
+    start_key = start_model if start_model.startswith("embedded:") else None
     if cfg.sft.enabled:
         from rlkd.sft import warm_up
 
@@ -881,11 +888,18 @@ def train(cfg: Config, *, resume_dir: Path | None = None) -> Path:
         start_model, start_key = str(sft.path), f"sft:{sft.key}"
         if dist.is_main:
             print(f"rlkd: RL starts from the SFT checkpoint {sft.path}")
+    labeled = None
+    if cfg.data.labeled_filter == "solved":
+        from rlkd.screening import solved_labeled
+
+        with dist.main_first():  # rank 0 screens and caches the answers, the others read them
+            labeled = solved_labeled(cfg, start_model, start_key or cfg.model.name_or_path,
+                                     build_pools(cfg.data, seed=cfg.run.seed).labeled)
     new_dir = resume_dir is None and dist.is_main
     run_dir = resume_dir if resume_dir is not None else dist.broadcast(prepare_run_dir(cfg) if dist.is_main else None)
     try:
         trainer = Trainer(cfg, run_dir, resume=resume_dir is not None, start_model=start_model, start_model_key=start_key,
-                          dist=dist)
+                          labeled=labeled, dist=dist)
     except BaseException:
         if new_dir:  # a failed start leaves no orphan run directory behind
             shutil.rmtree(run_dir, ignore_errors=True)
