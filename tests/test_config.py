@@ -51,6 +51,12 @@ def test_math_toml_is_the_default_and_loads():
     assert cfg.model.device == cfg.judge.device == "cpu"  # inherited from run.device
 
 
+def test_rlvr_solved_toml_loads():
+    cfg = load_config(CONFIGS / "rlvr-solved.toml")
+    assert (cfg.data.labeled_filter, cfg.data.labeled_fraction, cfg.sft.enabled) == ("solved", 1.0, False)
+    assert (cfg.rewards.vr_weight, cfg.rewards.judge_weight) == (1.0, 0.0)
+
+
 def test_tiny_toml_loads():
     cfg = load_config(CONFIGS / "tiny.toml")
     assert cfg.model.name_or_path == cfg.judge.name_or_path == "embedded:smollm2-135m-instruct"
@@ -102,7 +108,7 @@ def test_docs_are_generated_from_the_schema():
 
 
 def test_round_trip_all_shipped_configs(tmp_path):
-    for path in [CONFIGS / "math.toml", CONFIGS / "tiny.toml"]:
+    for path in [CONFIGS / "math.toml", CONFIGS / "tiny.toml", CONFIGS / "rlvr-solved.toml"]:
         cfg = load_config(path)
         out = tmp_path / "resolved.toml"
         out.write_text(config_to_toml(cfg))
