@@ -14,6 +14,7 @@ from rlkd.models import (
     apply_lora,
     load_causal_lm,
     load_sequence_classifier,
+    model_cache_key,
     resolve_dtype,
     resolve_model,
     set_torch_threads,
@@ -307,3 +308,16 @@ def test_lora_targets_are_checked_without_loading_weights(tiny_model_path: Path)
     models.check_lora_targets(str(tiny_model_path), ["q_proj", "v_proj"])
     with pytest.raises(ModelSpecError, match=r"'query_key_value' not in .*linear layers are .*q_proj"):
         models.check_lora_targets(str(tiny_model_path), ["q_proj", "query_key_value"])
+
+
+def test_model_cache_key_follows_a_local_directorys_files(tmp_path: Path) -> None:
+    assert model_cache_key("embedded:smollm2-135m-instruct") == "embedded:smollm2-135m-instruct"
+    assert model_cache_key("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"
+    model = tmp_path / "student"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"old weights")
+    key = model_cache_key(str(model))
+    assert key.startswith(str(model.resolve()) + "@") and model_cache_key(str(model)) == key
+    (model / "model.safetensors").write_bytes(b"new weights, saved in place")  # a new fine-tune, same folder
+    assert model_cache_key(str(model)) != key

@@ -1,12 +1,15 @@
 """data.labeled_filter = "solved": RL samples only the labeled problems the start model solves greedily."""
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 from rlkd.config import ConfigError, load_config
 from rlkd.data import build_pools
+from rlkd.models import model_cache_key
 from rlkd.screening import solved_labeled
 from rlkd.train import train
 
@@ -23,7 +26,9 @@ def _cfg(tmp_path: Path, model: Path, *overrides: str):
 
 def test_the_filter_keeps_the_problems_answered_right_and_rl_samples_only_those(tmp_path, tiny_model_path, monkeypatch):
     monkeypatch.setenv("RLKD_CACHE", str(tmp_path / "cache"))
-    cfg = _cfg(tmp_path, tiny_model_path)
+    student = tmp_path / "student"  # a local directory the test may overwrite
+    shutil.copytree(tiny_model_path, student)
+    cfg = _cfg(tmp_path, student)
     labeled = build_pools(cfg.data, seed=cfg.run.seed).labeled
     # A random tiny student solves nothing: a clear error naming the key, not an empty pool.
     with pytest.raises(ValueError, match='labeled_filter = "solved": the start model solves none of the 4'):
@@ -35,7 +40,7 @@ def test_the_filter_keeps_the_problems_answered_right_and_rl_samples_only_those(
     assert [r["id"] for r in data["rows"]] == [e.id for e in labeled]
     data["rows"][2]["verdict"] = "Equal"
     cached.write_text(json.dumps(data))
-    assert [e.id for e in solved_labeled(cfg, str(tiny_model_path), str(tiny_model_path), labeled,
+    assert [e.id for e in solved_labeled(cfg, str(student), model_cache_key(str(student)), labeled,
                                          log=lambda *_: None)] == [labeled[2].id]
 
     run_dir = train(cfg)
@@ -43,6 +48,12 @@ def test_the_filter_keeps_the_problems_answered_right_and_rl_samples_only_those(
     labeled_questions = {s["question"] for s in samples if s["gold"] is not None}
     assert labeled_questions == {labeled[2].question}
     assert any(s["gold"] is None for s in samples), "the unlabeled half is untouched"
+
+    # New weights saved into the same folder are a new start model: screened again, not read from the cache.
+    weights = next(student.glob("*.safetensors"))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    with pytest.raises(ValueError, match="solves none of the 4"):
+        train(cfg)
 
 
 def test_the_filter_needs_labeled_prompts(tmp_path):

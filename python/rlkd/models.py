@@ -109,6 +109,22 @@ def resolve_model(spec: str, *, progress: bool = True) -> str:
     return spec
 
 
+def model_cache_key(spec: str) -> str:
+    """The name a model goes by in rlkd's caches (SFT checkpoints, greedy evals, teacher answers).
+
+    An embedded model or a hub id never changes under its name, so the name is the key. A local
+    directory can be overwritten in place (a new fine-tune saved to the same folder), so its key
+    adds a digest of the names, sizes and modification times of its files: new weights, new key."""
+    path = Path(spec.strip()).expanduser()
+    if spec.startswith(EMBEDDED_PREFIX) or not path.is_dir():
+        return spec
+    import hashlib
+
+    files = sorted(f for f in path.rglob("*") if f.is_file())
+    stats = [(str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    return f"{path.resolve()}@{hashlib.sha256(repr(stats).encode()).hexdigest()[:16]}"
+
+
 # ----------------------------------------------------------------------------- dtypes / threads
 
 _DTYPES: dict[str, torch.dtype] = {

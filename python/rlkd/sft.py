@@ -43,6 +43,7 @@ import torch
 from rlkd.algorithms import gather_logprobs
 from rlkd.config import Config, render_template
 from rlkd.data import Example, build_pools
+from rlkd.models import model_cache_key
 from rlkd.rollout import render_prompts
 
 __all__ = ["SFTResult", "sft_target", "keep_right_and_finished", "end_of_turn_id", "build_sft_rows", "sft_loss", "ensure_sft", "sft_cache_key"]
@@ -146,7 +147,7 @@ def _examples(cfg: Config, log=print) -> list[Example]:
                          "(raise data.labeled_count)")
     if gold:
         return labeled[:n]
-    result, _ = cached_greedy(cfg, cfg.model.name_or_path, cfg.model.name_or_path, labeled[:n],
+    result, _ = cached_greedy(cfg, cfg.model.name_or_path, model_cache_key(cfg.model.name_or_path), labeled[:n],
                               max_new_tokens=cfg.rollout.max_new_tokens, what="SFT targets: greedy answers of",
                               log=log)
     kept = keep_right_and_finished(labeled[:n], result.rows)
@@ -170,7 +171,7 @@ def sft_cache_key(cfg: Config, examples: Sequence[Example]) -> str:
     s, m = cfg.sft, cfg.model
     h = hashlib.sha256()
     recipe = {k: getattr(s, k) for k in RECIPE_KEYS}
-    h.update(json.dumps({"v": FORMAT_VERSION, "model": m.name_or_path, "dtype": m.dtype, "system": m.system_prompt,
+    h.update(json.dumps({"v": FORMAT_VERSION, "model": model_cache_key(m.name_or_path), "dtype": m.dtype, "system": m.system_prompt,
                          "user": m.user_template, "seed": cfg.run.seed, "recipe": recipe}, sort_keys=True).encode())
     for e in examples:
         h.update(b"\0" + e.question.encode() + b"\1" + (e.solution or "").encode())
@@ -330,7 +331,7 @@ def warm_up(cfg: Config, *, log=print) -> SFTResult:
     sft = ensure_sft(cfg, progress=cfg.log.progress_bar, log=log)
     if cfg.train.eval_every == 0:
         return sft
-    before, _ = heldout_eval(cfg, cfg.model.name_or_path, cfg.model.name_or_path, log=log)
+    before, _ = heldout_eval(cfg, cfg.model.name_or_path, model_cache_key(cfg.model.name_or_path), log=log)
     after, _ = heldout_eval(cfg, str(sft.path), f"sft:{sft.key}", log=log)
     cmp = paired_comparison(correct_by_id(before.rows), correct_by_id(after.rows))
     for name, res in (("before", before), ("after", after)):

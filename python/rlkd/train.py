@@ -74,6 +74,7 @@ from rlkd.models import (
     enable_gradient_checkpointing,
     load_causal_lm,
     load_sequence_classifier,
+    model_cache_key,
     resolve_dtype,
     trainable_load_dtype,
     set_torch_threads,
@@ -864,7 +865,7 @@ def teacher_cache_path(cfg: Config) -> Path:
     from rlkd.weights import cache_dir
 
     j, m = cfg.judge, cfg.model
-    parts = [j.name_or_path, j.dtype, m.system_prompt, m.user_template, j.teacher_max_new_tokens,
+    parts = [model_cache_key(j.name_or_path), j.dtype, m.system_prompt, m.user_template, j.teacher_max_new_tokens,
              list(j.teacher_template_kwargs)]
     if j.backend != "hf":  # vLLM's greedy answers differ from transformers' by bf16 rounding (hf keeps its key)
         parts.append(j.backend)
@@ -878,8 +879,7 @@ def train(cfg: Config, *, resume_dir: Path | None = None) -> Path:
     creates the run directory; the other ranks follow."""
     dist = init_distributed(cfg.run.device)
     start_model = cfg.model.name_or_path
-    # An embedded model never changes, so its start eval is cached; a local directory might.
-    start_key = start_model if start_model.startswith("embedded:") else None
+    start_key = model_cache_key(start_model)  # the start eval and the screening are cached under it
     if cfg.sft.enabled:
         from rlkd.sft import warm_up
 
@@ -893,8 +893,7 @@ def train(cfg: Config, *, resume_dir: Path | None = None) -> Path:
         from rlkd.screening import solved_labeled
 
         with dist.main_first():  # rank 0 screens and caches the answers, the others read them
-            labeled = solved_labeled(cfg, start_model, start_key or cfg.model.name_or_path,
-                                     build_pools(cfg.data, seed=cfg.run.seed).labeled)
+            labeled = solved_labeled(cfg, start_model, start_key, build_pools(cfg.data, seed=cfg.run.seed).labeled)
     new_dir = resume_dir is None and dist.is_main
     run_dir = resume_dir if resume_dir is not None else dist.broadcast(prepare_run_dir(cfg) if dist.is_main else None)
     try:
