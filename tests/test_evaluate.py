@@ -105,6 +105,16 @@ def test_score_verifies_real_responses():
     assert s["correct"] == 2 and s["no_answer"] == 1 and s["pass@2"] == 1.0 and s["pass@1"] == 0.5
 
 
+def test_score_follows_the_training_rule_for_cut_off_responses():
+    """As in a run's held-out eval: cut off without an explicit answer is NoAnswer, whatever its last number."""
+    golds = ["4380"]
+    responses = ["1460 + 2920 = 4380 \\text{", "so the total is \\boxed{4380}"]
+    _, per = ev.score(golds, responses, 2, [1], finished=[False, False])
+    assert per[0]["verdicts"] == ["NoAnswer", "Equal"]
+    _, per = ev.score(golds, responses, 2, [1], finished=[True, True])
+    assert per[0]["verdicts"] == ["Equal", "Equal"]
+
+
 def test_default_ks():
     assert ev.default_ks(1) == [1]
     assert ev.default_ks(4) == [1, 2, 4]
@@ -133,6 +143,8 @@ def test_few_shot_prompt_and_stop(tiny_model_path):
     assert text.endswith("Question: What is 2 + 2?\nAnswer:")
     assert b.stop == "\nQuestion:"
     assert b.cut(" 2 + 2 = 4. The answer is 4.\n\nQuestion: next one") == " 2 + 2 = 4. The answer is 4.\n"
+    # a response cut at the next exemplar finished there, even if decoding ran on to the budget
+    assert b.cut_all([" 4.\n\nQuestion: next", " 4 and then"], [False, False]) == ([" 4.\n", " 4 and then"], [True, False])
     chat = ev.PromptBuilder(tok, "chat", "Be brief.", ev.FEW_SHOT_TEMPLATE, shots)
     rendered = tok.decode(chat.ids(["What is 2 + 2?"])[0])
     assert "Be brief." in rendered and shots[1][0] in rendered and rendered.rstrip().endswith("assistant")

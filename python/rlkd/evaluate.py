@@ -26,7 +26,6 @@ from rlkd import _core
 from rlkd.config import render_template
 from rlkd._core import RlkdError
 from rlkd.data import FORMATS, Example, load_examples
-from rlkd.fallback import verify_batch_with_fallback
 from rlkd.rollout import render_prompts
 
 EQUAL, UNKNOWN, NO_ANSWER = int(_core.Verdict.Equal), int(_core.Verdict.Unknown), int(_core.Verdict.NoAnswer)
@@ -420,6 +419,11 @@ class PromptBuilder:
             return response[: response.index(stop)]
         return response
 
+    def cut_all(self, responses: Sequence[str], finished: Sequence[bool]) -> tuple[list[str], list[bool]]:
+        """`cut` of each response, and whether it finished: at EOS, or where `stop` cut it."""
+        texts = [self.cut(r) for r in responses]
+        return texts, [bool(f) or t != r for t, r, f in zip(texts, responses, finished)]
+
 
 # ----------------------------------------------------------------------------- generation + scoring
 
@@ -453,14 +457,19 @@ def generate_all(rollout: Any, prompt_ids: list[list[int]], n: int, *, greedy: b
 
 
 def score(golds: Sequence[str], responses: Sequence[str], n: int, ks: Sequence[int], *,
-          timeout_s: float = 5.0) -> tuple[dict, list[dict]]:
+          finished: Sequence[bool] | None = None, timeout_s: float = 5.0) -> tuple[dict, list[dict]]:
     """Verify item-major responses (n per gold) and aggregate (see :func:`aggregate`). Per item:
-    extracted answers, their normalised keys, verdict names, correct count and the vote."""
+    extracted answers, their normalised keys, verdict names, correct count and the vote.
+
+    With `finished`, the training reward's rule (as in the held-out eval of a run): a response cut
+    at the token budget without an explicit final answer is NoAnswer, not its last number."""
+    from rlkd.rewards import VRValues, verifiable_rewards
+
     if len(responses) != len(golds) * n:
         raise ValueError(f"{len(responses)} responses for {len(golds)} golds x n={n}")
     flat_golds = [g for g in golds for _ in range(n)]
-    verdicts = np.asarray(verify_batch_with_fallback(flat_golds, list(responses), timeout_s=timeout_s),
-                          dtype=np.int64).reshape(len(golds), n)
+    _, flat = verifiable_rewards(flat_golds, list(responses), VRValues(), finished=finished, timeout_s=timeout_s)
+    verdicts = flat.astype(np.int64).reshape(len(golds), n)
     extracted = _core.extract_answers(list(responses))
     keys = [_core.normalize_answer(a) if a is not None else None for a in extracted]
     grouped = [keys[i * n:(i + 1) * n] for i in range(len(golds))]
@@ -701,9 +710,9 @@ def evaluate_cli(args: argparse.Namespace) -> Path:
         texts, fin, lens = generate_all(rollout, prompt_ids, 1, greedy=True, chunk=chunk(1),
                                         progress=progress, desc="greedy")
         timing["greedy_generate_s"] = time.perf_counter() - t0
-        texts = [builder.cut(t) for t in texts]
+        texts, fin = builder.cut_all(texts, fin)
         t0 = time.perf_counter()
-        s, per = score(golds, texts, 1, [1], timeout_s=args.verify_timeout)
+        s, per = score(golds, texts, 1, [1], finished=fin, timeout_s=args.verify_timeout)
         timing["greedy_verify_s"] = time.perf_counter() - t0
         n = len(labeled)
         summary["greedy"] = {
@@ -723,9 +732,9 @@ def evaluate_cli(args: argparse.Namespace) -> Path:
         texts, fin, lens = generate_all(rollout, prompt_ids, n, greedy=False, chunk=chunk(n),
                                         progress=progress, desc=f"sample x{n}")
         timing["sample_generate_s"] = time.perf_counter() - t0
-        texts = [builder.cut(t) for t in texts]
+        texts, fin = builder.cut_all(texts, fin)
         t0 = time.perf_counter()
-        s, per = score(golds, texts, n, ks, timeout_s=args.verify_timeout)
+        s, per = score(golds, texts, n, ks, finished=fin, timeout_s=args.verify_timeout)
         timing["sample_verify_s"] = time.perf_counter() - t0
         s.update({"ks": ks, "temperature": args.temperature, "top_p": args.top_p,
                   "finished_rate": float(np.mean(fin)), "response_tokens_mean": float(np.mean(lens)),
