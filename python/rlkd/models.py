@@ -120,8 +120,11 @@ def model_cache_key(spec: str) -> str:
         return spec
     import hashlib
 
-    files = sorted(f for f in path.rglob("*") if f.is_file())
-    stats = [(str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    stats = []
+    for f in sorted(path.rglob("*")):
+        if f.is_file():
+            st = f.stat()
+            stats.append((str(f.relative_to(path)), st.st_size, st.st_mtime_ns))
     return f"{path.resolve()}@{hashlib.sha256(repr(stats).encode()).hexdigest()[:16]}"
 
 

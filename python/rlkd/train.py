@@ -29,9 +29,8 @@ import shutil
 import sys
 import time
 import warnings
-from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -60,7 +59,7 @@ from rlkd.checkpoint import (
     set_rng_state,
 )
 from rlkd.config import Config, config_to_toml, render_template
-from rlkd.data import Example, PromptSampler, build_pools, share_of
+from rlkd.data import Pools, PromptSampler, build_pools, share_of
 from rlkd.distributed import DistContext, NullLog
 from rlkd.distributed import init as init_distributed
 from rlkd.evaluate import EvalResult, cached_greedy_pass_at_1, eval_cache_key, greedy_pass_at_1
@@ -148,11 +147,12 @@ class Trainer:
     `dist`: this process's place in a torchrun job (rlkd.distributed; default: a single process)."""
 
     def __init__(self, cfg: Config, run_dir: Path, *, resume: bool = False, start_model: str | None = None,
-                 start_model_key: str | None = None, labeled: Sequence[Example] | None = None,
+                 start_model_key: str | None = None, pools: Pools | None = None,
                  interrupt_hook: Callable[[str, int], None] | None = None, dist: DistContext | None = None) -> None:
         """`start_model`: the policy's initial weights (the SFT checkpoint; default model.name_or_path);
         `start_model_key` names them for the eval cache (None: the start eval is not cached);
-        `labeled`: the labeled problems RL samples (data.labeled_filter's choice; default the whole pool)."""
+        `pools`: the problems RL samples and evaluates (default build_pools(cfg.data); train() passes
+        them with data.labeled_filter applied)."""
         self.cfg = cfg
         self.run_dir = run_dir
         self.start_model = start_model or cfg.model.name_or_path
@@ -164,9 +164,7 @@ class Trainer:
         seed_everything(cfg.run.seed)
 
         # Data first: a bad data file fails before any model loads.
-        self.pools = build_pools(cfg.data, seed=cfg.run.seed)
-        if labeled is not None:
-            self.pools.labeled = list(labeled)
+        self.pools = pools if pools is not None else build_pools(cfg.data, seed=cfg.run.seed)
         self.sampler = PromptSampler(
             self.pools,
             prompts_per_step=cfg.rollout.prompts_per_step,
@@ -878,6 +876,7 @@ def train(cfg: Config, *, resume_dir: Path | None = None) -> Path:
     run. Under torchrun (rlkd.distributed) rank 0 runs the warm-up and the filter's screening and
     creates the run directory; the other ranks follow."""
     dist = init_distributed(cfg.run.device)
+    pools = build_pools(cfg.data, seed=cfg.run.seed)  # a bad data file fails before any model loads
     start_model = cfg.model.name_or_path
     start_key = model_cache_key(start_model)  # the start eval and the screening are cached under it
     if cfg.sft.enabled:
@@ -888,17 +887,16 @@ def train(cfg: Config, *, resume_dir: Path | None = None) -> Path:
         start_model, start_key = str(sft.path), f"sft:{sft.key}"
         if dist.is_main:
             print(f"rlkd: RL starts from the SFT checkpoint {sft.path}")
-    labeled = None
     if cfg.data.labeled_filter == "solved":
         from rlkd.screening import solved_labeled
 
         with dist.main_first():  # rank 0 screens and caches the answers, the others read them
-            labeled = solved_labeled(cfg, start_model, start_key, build_pools(cfg.data, seed=cfg.run.seed).labeled)
+            pools = replace(pools, labeled=solved_labeled(cfg, start_model, start_key, pools.labeled))
     new_dir = resume_dir is None and dist.is_main
     run_dir = resume_dir if resume_dir is not None else dist.broadcast(prepare_run_dir(cfg) if dist.is_main else None)
     try:
         trainer = Trainer(cfg, run_dir, resume=resume_dir is not None, start_model=start_model, start_model_key=start_key,
-                          labeled=labeled, dist=dist)
+                          pools=pools, dist=dist)
     except BaseException:
         if new_dir:  # a failed start leaves no orphan run directory behind
             shutil.rmtree(run_dir, ignore_errors=True)
