@@ -47,6 +47,15 @@ def test_auto_dtype_cpu_follows_bf16_support(monkeypatch: pytest.MonkeyPatch) ->
         assert resolve_dtype("auto", "cpu") == torch.float32
 
 
+def test_dtype_key_names_what_auto_resolves_to(monkeypatch: pytest.MonkeyPatch) -> None:
+    # caches (held-out evals, SFT checkpoints, teacher answers) key on the computation, not the spelling
+    monkeypatch.setenv("RLKD_CPU_BF16", "1")
+    assert models.dtype_key("auto", "cpu") == models.dtype_key("bf16", "cpu") == "bfloat16"
+    monkeypatch.setenv("RLKD_CPU_BF16", "0")
+    assert models.dtype_key("auto", "cpu") == models.dtype_key("float32", "cpu") == "float32"
+    assert models.dtype_key("bfloat16", "cpu") == "bfloat16"  # an explicit dtype is kept as asked
+
+
 def test_auto_dtype_cuda_is_bf16_without_touching_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)

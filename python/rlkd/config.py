@@ -129,7 +129,8 @@ class ModelSection:
         "embedded:qwen2.5-coder-0.5b-instruct",
         "the student (policy): `embedded:NAME` (fetched and converted once, works offline), a local HF "
         "model directory, or a hub id", check="model")
-    dtype: str = _opt("bfloat16", "compute dtype of rollouts/forward passes (`auto` = bf16 where supported, else fp32); "
+    dtype: str = _opt("auto", "compute dtype of rollouts/forward passes (`auto` = bf16 on CUDA and on CPUs with native "
+                      "bf16, AVX512-BF16/AMX, else fp32: emulated bf16 decodes 2x slower than fp32); "
                       "the optimizer keeps fp32 master weights", choices=DTYPES)
     device: str = _opt("", "device of the student; empty = `run.device`", check="device_or_empty")
     system_prompt: str = _opt(_STUDENT_SYSTEM, "system message of the student's chat prompt; empty = none "

@@ -175,6 +175,12 @@ def cpu_supports_bf16() -> bool:
     return machine in ("aarch64", "arm64") and "bf16" in flags
 
 
+def dtype_key(dtype: str, device: str) -> str:
+    """The dtype name `dtype` resolves to on `device` ("auto" -> "bfloat16" or "float32"): what
+    cache keys record, so that one computation has one key whichever spelling asked for it."""
+    return str(resolve_dtype(dtype, device)).removeprefix("torch.")
+
+
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     """``auto``: bf16 on CUDA (fp16 where the GPU lacks bf16), on CPU bf16 where the CPU supports
     it natively (:func:`cpu_supports_bf16`) else fp32, fp32 elsewhere. Names: float32/fp32,

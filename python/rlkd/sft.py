@@ -43,7 +43,7 @@ import torch
 from rlkd.algorithms import gather_logprobs
 from rlkd.config import Config, render_template
 from rlkd.data import Example, build_pools
-from rlkd.models import model_cache_key
+from rlkd.models import dtype_key, model_cache_key
 from rlkd.rollout import render_prompts
 
 __all__ = ["SFTResult", "sft_target", "keep_right_and_finished", "end_of_turn_id", "build_sft_rows", "sft_loss", "ensure_sft", "sft_cache_key"]
@@ -171,7 +171,7 @@ def sft_cache_key(cfg: Config, examples: Sequence[Example]) -> str:
     s, m = cfg.sft, cfg.model
     h = hashlib.sha256()
     recipe = {k: getattr(s, k) for k in RECIPE_KEYS}
-    h.update(json.dumps({"v": FORMAT_VERSION, "model": model_cache_key(m.name_or_path), "dtype": m.dtype, "system": m.system_prompt,
+    h.update(json.dumps({"v": FORMAT_VERSION, "model": model_cache_key(m.name_or_path), "dtype": dtype_key(m.dtype, m.device), "system": m.system_prompt,
                          "user": m.user_template, "seed": cfg.run.seed, "recipe": recipe}, sort_keys=True).encode())
     for e in examples:
         h.update(b"\0" + e.question.encode() + b"\1" + (e.solution or "").encode())
@@ -306,7 +306,7 @@ def cached_greedy(cfg: Config, model_path: str, model_key: str, examples: Sequen
 
     m, t = cfg.model, cfg.train
     key = eval_cache_key(model_key, examples, system_prompt=m.system_prompt or None, user_template=m.user_template,
-                         max_new_tokens=max_new_tokens, dtype=m.dtype)
+                         max_new_tokens=max_new_tokens, dtype=dtype_key(m.dtype, m.device))
 
     def run_eval():
         model, tokenizer = load_causal_lm(model_path, dtype=m.dtype, device=m.device)

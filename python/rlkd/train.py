@@ -70,6 +70,7 @@ from rlkd.plots import plot_run
 from rlkd.models import (
     AdaptersOff,
     apply_lora,
+    dtype_key,
     enable_gradient_checkpointing,
     load_causal_lm,
     load_sequence_classifier,
@@ -770,7 +771,7 @@ class Trainer:
         cached = False
         if self.step == 0 and self.start_model_key is not None:  # the start model's eval is the same every run
             key = eval_cache_key(self.start_model_key, self.pools.eval, system_prompt=m.system_prompt or None,
-                                 user_template=m.user_template, max_new_tokens=cfg.train.eval_max_new_tokens, dtype=m.dtype,
+                                 user_template=m.user_template, max_new_tokens=cfg.train.eval_max_new_tokens, dtype=dtype_key(m.dtype, m.device),
                                  backend=cfg.rollout.backend)
             if self.dist.is_main:  # rank 0 reads and writes the cache, and tells the others whether to decode
                 result, cached = cached_greedy_pass_at_1(key, lambda: self.dist.broadcast(True) and run_eval())
@@ -863,7 +864,7 @@ def teacher_cache_path(cfg: Config) -> Path:
     from rlkd.weights import cache_dir
 
     j, m = cfg.judge, cfg.model
-    parts = [model_cache_key(j.name_or_path), j.dtype, m.system_prompt, m.user_template, j.teacher_max_new_tokens,
+    parts = [model_cache_key(j.name_or_path), dtype_key(j.dtype, j.device), m.system_prompt, m.user_template, j.teacher_max_new_tokens,
              list(j.teacher_template_kwargs)]
     if j.backend != "hf":  # vLLM's greedy answers differ from transformers' by bf16 rounding (hf keeps its key)
         parts.append(j.backend)
